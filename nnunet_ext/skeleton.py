@@ -1,0 +1,122 @@
+"""Tubed skeletons: the target of the Skeleton Recall loss (Kirchhoff et al., ECCV 2024).
+
+Definition (the paper's Algorithm 1): binarise the label map (foreground = label > 0, the ignore label
+excluded), skeletonize it with scikit-image (Zhang in 2D, Lee in 3D), dilate the skeleton twice with the
+cross-shaped structuring element (a diamond of radius 2: one pixel grows to 13 pixels in 2D and to 25
+voxels in 3D) and multiply by the label map so that every tube voxel carries its class. Ignore-label
+voxels are 0 in the result.
+
+:func:`tubed_skeleton_reference` is the straightforward implementation of that definition.
+:func:`tubed_skeleton` returns exactly the same array, faster:
+
+- the skeleton is computed per 26-connected (3D) / 8-connected (2D) foreground component on the
+  component's bounding box. Both thinning algorithms decide voxel deletions from 3^n neighbourhoods
+  only, so separate components never influence each other; cost falls with the scanned volume. When
+  the components' boxes overlap so much that they would scan more than the foreground's bounding box,
+  that single box is thinned instead;
+- the two dilations are a scatter of the few skeleton points over the diamond's offsets instead of
+  two passes of a morphological filter over the whole patch;
+- the multiplication by the label only touches tube voxels.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import skeletonize
+
+#: Radius (L1) of the tube around the skeleton: two dilations with the cross.
+TUBE_RADIUS = 2
+
+
+def _validated(seg: np.ndarray) -> np.ndarray:
+    seg = np.asarray(seg)
+    if seg.ndim not in (2, 3):
+        raise ValueError(
+            f"tubed_skeleton expects a 2D or 3D label map without a channel axis, got shape {seg.shape}. "
+            "Pass seg[0] for a (1, *spatial) segmentation.")
+    if not (np.issubdtype(seg.dtype, np.integer) or seg.dtype == bool):
+        raise TypeError(
+            f"tubed_skeleton expects an integer label map, got dtype {seg.dtype}. "
+            "Cast it first, e.g. seg.astype(np.int16).")
+    return seg
+
+
+def foreground_mask(seg: np.ndarray, ignore_label: int | None = None) -> np.ndarray:
+    """Boolean foreground: label > 0 and not the ignore label. Shape of ``seg``."""
+    fg = seg > 0
+    if ignore_label is not None:
+        fg &= seg != ignore_label
+    return fg
+
+
+def _label_times_tube(seg: np.ndarray, tube: np.ndarray, ignore_label: int | None) -> np.ndarray:
+    out = np.where(tube, seg, 0).astype(seg.dtype, copy=False)
+    if ignore_label is not None:
+        out[seg == ignore_label] = 0
+    return out
+
+
+def tubed_skeleton_reference(seg: np.ndarray, ignore_label: int | None = None) -> np.ndarray:
+    """The paper's definition, computed directly on the whole array (used as the test reference).
+
+    seg: (X, Y) or (X, Y, Z) integer label map. Returns the tubed skeleton, same shape and dtype.
+    """
+    seg = _validated(seg)
+    skeleton = skeletonize(foreground_mask(seg, ignore_label))
+    cross = ndimage.generate_binary_structure(seg.ndim, 1)
+    tube = ndimage.binary_dilation(skeleton, structure=cross, iterations=TUBE_RADIUS)
+    return _label_times_tube(seg, tube, ignore_label)
+
+
+@lru_cache(maxsize=None)
+def diamond_offsets(ndim: int, radius: int = TUBE_RADIUS) -> np.ndarray:
+    """(K, ndim) integer offsets with L1 norm <= radius (K = 13 in 2D, 25 in 3D for radius 2)."""
+    grid = np.stack(np.meshgrid(*[np.arange(-radius, radius + 1)] * ndim, indexing="ij"), -1).reshape(-1, ndim)
+    return grid[np.abs(grid).sum(1) <= radius]
+
+
+def _box_volume(box: tuple[slice, ...]) -> int:
+    return int(np.prod([s.stop - s.start for s in box]))
+
+
+def skeleton_points(fg: np.ndarray) -> np.ndarray:
+    """Coordinates (K, ndim) of ``skimage.morphology.skeletonize(fg)``, computed per component."""
+    connectivity = 26 if fg.ndim == 3 else 8
+    components = cc3d.connected_components(fg.view(np.uint8), connectivity=connectivity)
+    boxes = ndimage.find_objects(components)
+    if not boxes:
+        return np.zeros((0, fg.ndim), dtype=np.intp)
+    union = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(fg.ndim))
+    if sum(_box_volume(b) for b in boxes) >= _box_volume(union):
+        jobs = [(union, fg[union])]
+    else:
+        jobs = [(box, components[box] == (i + 1)) for i, box in enumerate(boxes)]
+    points = []
+    for box, mask in jobs:
+        local = np.argwhere(skeletonize(mask))
+        points.append(local + np.array([s.start for s in box]))
+    return np.concatenate(points)
+
+
+def tubed_skeleton(seg: np.ndarray, ignore_label: int | None = None) -> np.ndarray:
+    """Tubed skeleton of a label map, each tube voxel carrying its label; identical to the reference.
+
+    seg: (X, Y) or (X, Y, Z) integer label map without channel axis. ``ignore_label`` voxels count as
+    background for the skeleton and are 0 in the output. An empty map gives zeros.
+    Returns an array of seg's shape and dtype.
+    """
+    seg = _validated(seg)
+    out = np.zeros_like(seg)
+    points = skeleton_points(foreground_mask(seg, ignore_label))
+    if len(points) == 0:
+        return out
+    tube = (points[:, None, :] + diamond_offsets(seg.ndim)[None]).reshape(-1, seg.ndim)
+    inside = np.all((tube >= 0) & (tube < np.array(seg.shape)), axis=1)
+    index = tuple(tube[inside].T)
+    out[index] = seg[index]
+    if ignore_label is not None:
+        out[out == ignore_label] = 0
+    return out

@@ -1,0 +1,131 @@
+"""Shared pieces that trainers are composed of (combine with nnUNetTrainer, mixins first)."""
+from __future__ import annotations
+
+import inspect
+import os
+
+import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+
+from nnunet_ext.losses.auxiliary import AuxiliaryTermLoss, rejoin_extra_channels, split_extra_channels
+from nnunet_ext.losses.skeleton_recall import SoftSkeletonRecallLoss
+from nnunet_ext.transforms.extra_target import insert_extra_target_transform
+from nnunet_ext.transforms.skeleton_tube import SkeletonTubeTransform
+
+_TRAINING_SIGNATURE = inspect.signature(nnUNetTrainer.get_training_transforms)
+_VALIDATION_SIGNATURE = inspect.signature(nnUNetTrainer.get_validation_transforms)
+
+
+class ExtraTargetLossMixin:
+    """A loss term fed by extra target channels that the data loader computes on the CPU per sample.
+
+    Subclasses define :meth:`extra_target_transform` (appends ``n_extra`` channels to the (1, *sp) label
+    map) and :meth:`build_auxiliary_loss`; this mixin puts the transform into nnU-Net's training and
+    validation pipelines (before region conversion and deep-supervision downsampling, so every scale gets
+    its target), adds ``auxiliary_loss_weight * term`` to nnU-Net's own loss at every deep-supervision scale
+    (nnU-Net's scale weights unchanged), and hides the extra channels from the online validation Dice.
+    """
+
+    auxiliary_loss_weight: float = 1.0
+
+    @classmethod
+    def extra_target_transform(cls, regions, ignore_label) -> BasicTransform:
+        raise NotImplementedError
+
+    def build_auxiliary_loss(self) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def _add_extra_target(cls, pipeline, signature, args, kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        regions, ignore_label = bound.arguments["regions"], bound.arguments["ignore_label"]
+        transform = cls.extra_target_transform(regions, ignore_label)
+        return insert_extra_target_transform(pipeline, transform, transform.n_channels, regions, ignore_label)
+
+    @classmethod
+    def get_training_transforms(cls, *args, **kwargs):
+        pipeline = super().get_training_transforms(*args, **kwargs)
+        return cls._add_extra_target(pipeline, _TRAINING_SIGNATURE, args, kwargs)
+
+    @classmethod
+    def get_validation_transforms(cls, *args, **kwargs):
+        pipeline = super().get_validation_transforms(*args, **kwargs)
+        return cls._add_extra_target(pipeline, _VALIDATION_SIGNATURE, args, kwargs)
+
+    @property
+    def n_extra_target_channels(self) -> int:
+        lm = self.label_manager
+        return self.extra_target_transform(lm.foreground_regions if lm.has_regions else None,
+                                           lm.ignore_label).n_channels
+
+    def _build_loss(self):
+        base = super()._build_loss()
+        inner = base.loss if isinstance(base, DeepSupervisionWrapper) else base
+        combined = AuxiliaryTermLoss(inner, self.build_auxiliary_loss(), self.auxiliary_loss_weight,
+                                     self.n_extra_target_channels)
+        if isinstance(base, DeepSupervisionWrapper):
+            return DeepSupervisionWrapper(combined, base.weight_factors)
+        return combined
+
+    def validation_step(self, batch: dict) -> dict:
+        # nnU-Net's online Dice expects the plain segmentation target; the loss needs the extra channels.
+        seg, extra = split_extra_channels(batch["target"], self.n_extra_target_channels)
+        full_loss = self.loss
+        self.loss = lambda output, target: full_loss(output, rejoin_extra_channels(target, extra))
+        try:
+            return super().validation_step({**batch, "target": seg})
+        finally:
+            self.loss = full_loss
+
+
+class SkeletonRecallMixin(ExtraTargetLossMixin):
+    """nnU-Net's Dice+CE (or Dice+BCE for regions) + ``skeleton_recall_weight`` * Skeleton Recall.
+
+    The tubed skeleton is computed per augmented sample on the CPU (:class:`SkeletonTubeTransform`),
+    one tube per region in region-based training; batch dice follows the plans; DDP-aware.
+    Change the weight by subclassing: ``skeleton_recall_weight = 0.1``.
+    """
+
+    skeleton_recall_weight: float = 1.0
+
+    @property
+    def auxiliary_loss_weight(self) -> float:
+        return self.skeleton_recall_weight
+
+    @classmethod
+    def extra_target_transform(cls, regions, ignore_label) -> SkeletonTubeTransform:
+        return SkeletonTubeTransform(regions=regions, ignore_label=ignore_label)
+
+    def build_auxiliary_loss(self) -> nn.Module:
+        return SoftSkeletonRecallLoss(region_mode=self.label_manager.has_regions,
+                                      batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class ShortScheduleMixin:
+    """A short schedule for smoke tests, demos and CPU benchmarks (``*_short`` trainers).
+
+    Epochs from ``NNUNET_EXT_EPOCHS`` (default 2), training iterations per epoch from
+    ``NNUNET_EXT_ITERATIONS`` (default 4), validation iterations from ``NNUNET_EXT_VAL_ITERATIONS``
+    (default 2); a checkpoint every epoch so ``--c`` can resume.
+    """
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = _env_int("NNUNET_EXT_EPOCHS", 2)
+        self.num_iterations_per_epoch = _env_int("NNUNET_EXT_ITERATIONS", 4)
+        self.num_val_iterations_per_epoch = _env_int("NNUNET_EXT_VAL_ITERATIONS", 2)
+        self.save_every = 1

@@ -1,0 +1,7 @@
+"""batchgeneratorsv2 transforms that add per-sample targets to nnU-Net's data pipelines."""
+from nnunet_ext.transforms.extra_target import (ConvertSegmentationToRegionsKeepingExtraChannels,
+                                                insert_extra_target_transform)
+from nnunet_ext.transforms.skeleton_tube import SkeletonTubeTransform
+
+__all__ = ["SkeletonTubeTransform", "ConvertSegmentationToRegionsKeepingExtraChannels",
+           "insert_extra_target_transform"]
