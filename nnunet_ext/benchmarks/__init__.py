@@ -1,0 +1,25 @@
+"""Benchmarks, run as ``nnunet-ext benchmark NAME [args]``.
+
+Every benchmark reports ratios against a baseline measured in the same run (machines are noisy).
+Register a new one in BENCHMARKS: name -> module under nnunet_ext.benchmarks with ``main(argv) -> int``.
+"""
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS: dict[str, str] = {
+    "skeleton_recall": "Tube time vs the straightforward implementation and vs nnU-Net's default transforms "
+                       "(2D 512², 3D 128³); training-step time of nnUNetTrainerSkelRecall vs nnUNetTrainer.",
+}
+
+
+def run_benchmark(name: str, argv: list[str]) -> int:
+    if name in ("list", "--list"):
+        for key, summary in BENCHMARKS.items():
+            print(f"{key}\n    {summary}")
+        return 0
+    if name not in BENCHMARKS:
+        raise SystemExit(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)} "
+                         "(nnunet-ext benchmark list)")
+    module = importlib.import_module(f"nnunet_ext.benchmarks.{name}")
+    return module.main(argv)

@@ -1,0 +1,141 @@
+"""Synthetic nnU-Net raw datasets of tubular structures (vessel-like curves), 2D and 3D.
+
+Deterministic by seed. Used by the tests, the demo and the benchmarks::
+
+    from nnunet_ext.synthetic import write_tubular_dataset
+    write_tubular_dataset(990, dim=2, n_train=12, n_test=3, seed=0)   # -> $nnUNet_raw/Dataset990_Tubes2D
+
+Each case: an image (float32, one channel) with bright curved tubes of varying radius, intensity dips
+along the tubes (so connectivity is not trivial), smooth background and noise; a label map where every
+tube carries a class in 1..n_classes. Optionally an ignore label painted over random boxes, or
+region-based labels (a "any tube" region containing every class).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class TubeStyle:
+    """Geometry of the generated tubes (lengths in pixels/voxels)."""
+    n_tubes: int = 5
+    radius: tuple[float, float] = (1.0, 2.5)
+    step_turn: float = 0.25          # random change of direction per unit step
+    dip_fraction: float = 0.15       # fraction of a tube's length with dimmed intensity
+
+
+def _curve(shape: np.ndarray, rng: np.random.Generator, style: TubeStyle) -> np.ndarray:
+    """(N, ndim) points of a smooth random walk that starts inside the image."""
+    position = rng.uniform(0.1, 0.9, len(shape)) * shape
+    direction = rng.normal(size=len(shape))
+    points = []
+    for _ in range(int(2 * shape.max())):
+        direction = direction / np.linalg.norm(direction)
+        points.append(position.copy())
+        position = position + direction
+        direction = direction + rng.normal(scale=style.step_turn, size=len(shape))
+        if np.any(position < 0) or np.any(position > shape - 1):
+            break
+    return np.array(points)
+
+
+def tubular_case(shape: Sequence[int], n_classes: int = 1, seed: int = 0,
+                 style: TubeStyle = TubeStyle()) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic case. Returns (image float32, label uint8), both of ``shape`` (2D or 3D)."""
+    if len(shape) not in (2, 3):
+        raise ValueError(f"shape must be 2D or 3D, got {shape}")
+    rng = np.random.default_rng(seed)
+    shape_arr = np.array(shape, dtype=float)
+    label = np.zeros(shape, np.uint8)
+    brightness = np.zeros(shape, np.float32)
+    for k in range(style.n_tubes):
+        points = _curve(shape_arr, rng, style)
+        centre = np.zeros(shape, bool)
+        idx = np.clip(np.round(points).astype(int), 0, np.array(shape) - 1)
+        centre[tuple(idx.T)] = True
+        dimmed = np.zeros(shape, bool)
+        n_dip = int(style.dip_fraction * len(idx))
+        if n_dip > 0 and len(idx) > n_dip:
+            start = rng.integers(0, len(idx) - n_dip)
+            dimmed[tuple(idx[start:start + n_dip].T)] = True
+        distance, nearest = ndimage.distance_transform_edt(~centre, return_indices=True)
+        tube = distance <= rng.uniform(*style.radius)
+        label[tube] = 1 + k % n_classes
+        intensity = np.where(dimmed[tuple(nearest)], 0.45, 1.0) * rng.uniform(0.7, 1.0)
+        brightness[tube] = np.maximum(brightness[tube], intensity[tube])
+    background = ndimage.gaussian_filter(rng.normal(size=shape), sigma=max(shape) / 16) * 3
+    image = 0.2 + 0.6 * brightness + 0.1 * background + rng.normal(scale=0.12, size=shape)
+    return ndimage.gaussian_filter(image, 0.6).astype(np.float32), label
+
+
+def _write(array: np.ndarray, path: str) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing([1.0] * array.ndim)
+    sitk.WriteImage(image, path, useCompression=True)
+
+
+def _labels_json(n_classes: int, regions: bool, ignore_label: bool) -> tuple[dict, list | None]:
+    if regions:
+        if n_classes < 2:
+            raise ValueError("region-based labels need n_classes >= 2")
+        labels: dict = {"background": 0, "any_tube": list(range(1, n_classes + 1))}
+        labels.update({f"tube_{c}": c for c in range(2, n_classes + 1)})
+        order = list(range(1, n_classes + 1))
+    else:
+        labels = {"background": 0, **{f"tube_{c}": c for c in range(1, n_classes + 1)}}
+        order = None
+    if ignore_label:
+        labels["ignore"] = n_classes + 1
+    return labels, order
+
+
+def write_tubular_dataset(dataset_id: int, dim: int = 2, n_train: int = 10, n_test: int = 2,
+                          shape: Sequence[int] | None = None, n_classes: int = 1, seed: int = 0,
+                          ignore_label: bool = False, regions: bool = False, name: str | None = None,
+                          raw_root: str | None = None, style: TubeStyle | None = None) -> str:
+    """Write ``Dataset{ID}_{name}`` in nnU-Net raw format; returns its folder.
+
+    imagesTr/labelsTr hold ``n_train`` cases, imagesTs/labelsTs ``n_test`` held-out cases. ``raw_root``
+    defaults to ``$nnUNet_raw``. ``ignore_label`` paints the label n_classes+1 over random boxes;
+    ``regions`` writes region-based labels (an "any_tube" region of all classes plus classes 2..n).
+    """
+    raw_root = raw_root or os.environ.get("nnUNet_raw")
+    if not raw_root:
+        raise RuntimeError("nnUNet_raw is not set: export nnUNet_raw=/path/to/raw or pass raw_root=")
+    if dim not in (2, 3):
+        raise ValueError(f"dim must be 2 or 3, got {dim}")
+    shape = tuple(shape) if shape is not None else ((128, 128) if dim == 2 else (48, 48, 48))
+    if len(shape) != dim:
+        raise ValueError(f"shape {shape} does not match dim={dim}")
+    style = style or (TubeStyle(radius=(1.5, 3.0)) if dim == 2 else TubeStyle(n_tubes=4, radius=(1.0, 2.2)))
+    name = name or f"Tubes{dim}D"
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n_train + n_test):
+        image, label = tubular_case(shape, n_classes, seed=seed * 100003 + i, style=style)
+        if ignore_label:
+            lo = rng.integers(0, np.array(shape) // 2)
+            box = tuple(slice(int(a), int(a) + max(2, s // 5)) for a, s in zip(lo, shape))
+            label[box] = n_classes + 1
+        split = "Tr" if i < n_train else "Ts"
+        case = f"tube_{i:04d}"
+        _write(image, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
+        _write(label, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
+    labels, order = _labels_json(n_classes, regions, ignore_label)
+    dataset_json = {"channel_names": {"0": "synthetic"}, "labels": labels, "numTraining": n_train,
+                    "file_ending": ".nii.gz", "name": name,
+                    "description": f"nnunet-ext synthetic tubes, dim={dim}, seed={seed}"}
+    if order is not None:
+        dataset_json["regions_class_order"] = order
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump(dataset_json, f, indent=2)
+    return folder
