@@ -96,6 +96,10 @@ def skeleton_points(fg: np.ndarray) -> np.ndarray:
         jobs = [(box, components[box] == (i + 1)) for i, box in enumerate(boxes)]
     points = []
     for box, mask in jobs:
+        if mask.ndim == 3 and mask.shape[0] == 1 and fg.shape[0] > 1:
+            # skimage's Lee thinning uses only 4 of its 6 border directions when the array is a single plane
+            # along axis 0; a zero plane keeps the crop thinned like the whole array.
+            mask = np.pad(mask, ((0, 1), (0, 0), (0, 0)))
         local = np.argwhere(skeletonize(mask))
         points.append(local + np.array([s.start for s in box]))
     return np.concatenate(points)

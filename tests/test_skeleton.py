@@ -394,6 +394,37 @@ def test_fast_equals_reference_noise(monkeypatch, shape, density, path, seed):
         assert counter.calls == 1
 
 
+def _flat_plate_cases():
+    # (name, seg): 3D maps with a component confined to ONE plane along axis 0 while the array has
+    # more than one plane along axis 0.
+    plate = np.zeros((2, 6, 8), np.uint8)
+    plate[0, 1:5, 1:7] = 1  # 4x6 plate: reference skeleton is EMPTY, the per-box one is a line
+    square = np.zeros((2, 7, 7), np.uint8)
+    square[0, 1:6, 1:6] = 1  # 5x5 plate: reference keeps 1 voxel, the per-box one 3
+    mixed = np.zeros((8, 12, 12), np.uint8)
+    mixed[3, 1:6, 1:7] = 2  # flat plate in plane 3 (per-component path) ...
+    mixed[1:7, 8:11, 8:11] = 1  # ... next to a thick block
+    union = np.zeros((4, 9, 9), np.uint8)
+    union[2, 1:8, 1:8] = 1  # all the foreground in one plane: the union-box path
+    union[2, 3:6, 3:6] = 2
+    return [("plate4x6", plate), ("plate5x5", square), ("per_component", mixed), ("union_box", union)]
+
+
+# Regression: scikit-image's Lee thinning runs only 4 of its 6 border directions on an array that is one
+# plane thick along axis 0; crops of such components must still be thinned like the whole array.
+@pytest.mark.parametrize("name,seg", _flat_plate_cases(), ids=[c[0] for c in _flat_plate_cases()])
+def test_3d_component_in_a_single_axis0_plane_matches_reference(name, seg):
+    np.testing.assert_array_equal(tubed_skeleton(seg), tubed_skeleton_reference(seg))
+
+
+def test_3d_single_plane_array_is_consistent():
+    # when the whole array has one plane along axis 0, reference and crops both thin "as 2D": equal
+    seg = np.zeros((1, 8, 9), np.uint8)
+    seg[0, 1:6, 1:8] = 1
+    np.testing.assert_array_equal(tubed_skeleton(seg), tubed_skeleton_reference(seg))
+    assert tubed_skeleton(seg).any()
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_fast_equals_reference_noise_with_ignore(seed):
     rng = np.random.default_rng(100 + seed)

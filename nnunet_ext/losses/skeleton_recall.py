@@ -49,7 +49,10 @@ class SoftSkeletonRecallLoss(nn.Module):
         if output.shape[0] != tube.shape[0] or output.shape[2:] != tube.shape[2:]:
             raise ValueError(f"output {tuple(output.shape)} and tube {tuple(tube.shape)} differ in batch or "
                              "spatial size")
-        logits = output.float()
+        if output.shape[1] < (1 if self.region_mode else 2):
+            raise ValueError(f"output has {output.shape[1]} channel(s): label mode needs background plus at least "
+                             "one class, region mode at least one region")
+        logits = output if output.dtype in (torch.float32, torch.float64) else output.float()
         if self.region_mode:
             probs = torch.sigmoid(logits)
         else:

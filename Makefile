@@ -1,0 +1,26 @@
+# Set-up commands for a fresh machine (see README):
+#   make test   creates .venv, installs nnunet-ext with its test extras, runs the whole test suite
+#   make demo   creates .venv, installs, runs the Skeleton Recall demo end to end on the CPU
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	nnUNet_def_n_proc=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+demo: $(STAMP)
+	$(BIN)/nnunet-ext demo --workdir demo_output
+
+clean:
+	rm -rf $(VENV) demo_output

@@ -1,0 +1,95 @@
+"""The unchanged nnU-Net command line with our trainer, as a user runs it after pip install."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from cli_helpers import _tool, clean_env, run, start
+from nnunet_ext.synthetic import write_tubular_dataset
+
+pytestmark = pytest.mark.slow
+
+TRAINER = "nnUNetTrainerSkelRecall_short"
+EPOCHS = 4
+CASES = {2: dict(dataset_id=981, shape=(96, 96), configuration="2d"),
+         3: dict(dataset_id=982, shape=(32, 32, 32), configuration="3d_fullres")}
+
+
+def _wait_for_log_line(fold_dir: Path, text: str, process, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = sorted(fold_dir.glob("training_log_*.txt"))
+        if logs and text in logs[-1].read_text():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training ended (exit {process.returncode}) before logging {text!r}")
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not logged within {timeout} s")
+
+
+def _latest_log(fold_dir: Path) -> str:
+    logs = sorted(fold_dir.glob("training_log_*.txt"))
+    return logs[-1].read_text()
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_plan_train_resume_validate_predict_find_best(nnunet_env, dim):
+    case = CASES[dim]
+    dataset_id, configuration = case["dataset_id"], case["configuration"]
+    raw = Path(write_tubular_dataset(dataset_id, dim=dim, n_train=6, n_test=2, shape=case["shape"], seed=dim))
+    env = clean_env(NNUNET_EXT_EPOCHS=str(EPOCHS), NNUNET_EXT_ITERATIONS="2", NNUNET_EXT_VAL_ITERATIONS="1")
+    ds = str(dataset_id)
+
+    run(["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", configuration, "-np", "1"],
+        {**env, "nnUNet_n_proc_DA": "1"})  # nnU-Net's planner needs >= 1 here
+
+    # a real interruption: kill training once the epoch-1 checkpoint is written (``Epoch 2`` is logged after it)
+    results = Path(nnunet_env["nnUNet_results"]) / raw.name
+    fold = results / f"{TRAINER}__nnUNetPlans__{configuration}" / "fold_0"
+    interrupted = start([_tool("nnUNetv2_train"), ds, configuration, "0", "-tr", TRAINER, "-device", "cpu"], env)
+    try:
+        _wait_for_log_line(fold, "Epoch 2", interrupted)
+    finally:
+        interrupted.kill()
+        interrupted.wait()
+    assert not (fold / "checkpoint_final.pth").exists()
+    latest = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    assert latest["trainer_name"] == TRAINER and latest["current_epoch"] >= 2
+    n_logs = len(list(fold.glob("training_log_*.txt")))
+
+    resumed_run = run(["nnUNetv2_train", ds, configuration, "0", "-tr", TRAINER, "-device", "cpu", "--c"], env)
+    assert f"Using trainer '{TRAINER}'" in resumed_run.stdout  # found with no nnUNet_extTrainer set
+    assert len(list(fold.glob("training_log_*.txt"))) == n_logs + 1
+    resumed_log = _latest_log(fold)
+    assert f"Epoch {latest['current_epoch']}" in resumed_log and "Epoch 0" not in resumed_log
+    assert f"Epoch {EPOCHS - 1}" in resumed_log
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == EPOCHS - 1  # nnU-Net stores the last epoch's index in the final checkpoint
+    assert np.isfinite(final["logging"]["train_losses"]).all() and len(final["logging"]["train_losses"]) == EPOCHS
+
+    # --val re-runs the fold's validation with the final checkpoint
+    summary = fold / "validation" / "summary.json"
+    summary.unlink()
+    run(["nnUNetv2_train", ds, configuration, "0", "-tr", TRAINER, "-device", "cpu", "--val"], env)
+    metrics = json.loads(summary.read_text())
+    assert 0.0 <= metrics["foreground_mean"]["Dice"] <= 1.0
+
+    # inference on held-out cases
+    prediction_dir = raw.parent / f"pred_{dim}d"
+    run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(prediction_dir), "-d", ds, "-c", configuration,
+         "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    for label_file in sorted((raw / "labelsTs").glob("*.nii.gz")):
+        predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction_dir / label_file.name)))
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file)))
+        assert predicted.shape == reference.shape
+        assert set(np.unique(predicted)) <= {0, 1}
+
+    run(["nnUNetv2_find_best_configuration", ds, "-c", configuration, "-tr", TRAINER, "-f", "0", "-np", "1"], env)
+    assert (results / "inference_information.json").exists()
+    assert TRAINER in (results / "inference_instructions.txt").read_text()

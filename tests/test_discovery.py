@@ -1,0 +1,83 @@
+"""How nnU-Net finds our trainers: the start-up hook, the explicit export, pickling under spawn/forkserver."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cli_helpers import clean_env, run
+from nnunet_ext._compat import require_nnunetv2
+from nnunet_ext.discovery import trainer_folder
+
+LOOKUP_AND_PICKLE = r"""
+import multiprocessing as mp, os, sys
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+def describe(cls):
+    return cls.__module__ + "." + cls.__qualname__, cls.skeleton_recall_weight
+
+def tube_sum(transform, seg):
+    return int(transform.tubes(seg).sum())
+
+if __name__ == "__main__":
+    import numpy as np
+    from nnunet_ext.transforms import SkeletonTubeTransform
+    cls = recursive_find_trainer_class_by_name(sys.argv[1])
+    seg = np.zeros((20, 20), np.int16); seg[8:13, 2:18] = 1
+    for method in ("spawn", "forkserver"):
+        with mp.get_context(method).Pool(1) as pool:
+            name, weight = pool.apply(describe, (cls,))
+            total = pool.apply(tube_sum, (SkeletonTubeTransform(), seg))
+        print(method, name, weight, total)
+"""
+
+
+def _lookup(trainer: str, env: dict, tmp_path) -> subprocess.CompletedProcess:
+    script = tmp_path / "lookup_and_pickle.py"  # a real file: spawn workers re-import the main module
+    script.write_text(LOOKUP_AND_PICKLE)
+    return subprocess.run([sys.executable, str(script), trainer], env=env, capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_startup_hook_registers_folder_and_classes_pickle_under_spawn_and_forkserver(tmp_path):
+    import numpy as np
+    from nnunet_ext.skeleton import tubed_skeleton
+    result = _lookup("nnUNetTrainerSkelRecall_w0p1", clean_env(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines() if line.startswith(("spawn", "forkserver"))]
+    # the class that crosses the process boundary is the installed one (not a copy from the scanned folder),
+    # and a transform computed in the worker gives the same tube as here
+    seg = np.zeros((20, 20), np.int16)
+    seg[8:13, 2:18] = 1
+    expected = str(int(tubed_skeleton(seg).sum()))
+    assert lines == [["spawn", "nnunet_ext.trainers.nnUNetTrainerSkelRecall_w0p1", "0.1", expected],
+                     ["forkserver", "nnunet_ext.trainers.nnUNetTrainerSkelRecall_w0p1", "0.1", expected]]
+
+
+def test_opt_out_then_documented_export_line_works(tmp_path):
+    env = clean_env(NNUNET_EXT_NO_AUTOREGISTER="1")
+    missing = _lookup("nnUNetTrainerSkelRecall", env, tmp_path)
+    assert missing.returncode != 0 and "Could not find requested nnunet trainer" in missing.stderr
+    folder = run(["nnunet-ext", "trainer-path"], env).stdout.strip()
+    assert folder == trainer_folder() and os.path.isfile(os.path.join(folder, "nnunet_ext_trainer_exports.py"))
+    found = _lookup("nnUNetTrainerSkelRecall", {**env, "nnUNet_extTrainer": folder}, tmp_path)
+    assert found.returncode == 0, found.stderr
+
+
+def test_unknown_trainer_name_fails_with_nnunets_message():
+    result = run(["nnUNetv2_train", "1", "2d", "0", "-tr", "nnUNetTrainerNoSuchThing", "-device", "cpu"],
+                 clean_env(nnUNet_preprocessed="/nonexistent", nnUNet_results="/nonexistent",
+                           nnUNet_raw="/nonexistent"), check=False)
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("version,ok", [("2.8.0", True), ("2.8.1", True), ("2.10", True), ("3.0", True),
+                                        ("2.7.9", False), ("2.6", False)])
+def test_version_guard(version, ok):
+    if ok:
+        require_nnunetv2(version)
+    else:
+        with pytest.raises(RuntimeError, match=r"nnunetv2>=2\.8.*found nnunetv2 " + version.replace(".", r"\.")):
+            require_nnunetv2(version)
