@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nnunet_ext._compat import require_nnunetv2
     args = build_parser().parse_args(argv)
+    try:
+        require_nnunetv2()
+    except RuntimeError as error:
+        print(f"nnunet-ext: {error}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from nnunet_ext.trainers.mixins import SkeletonRecallMixin
+from nnunet_ext.mixins import SkeletonRecallMixin
 
 
 @dataclass(frozen=True)

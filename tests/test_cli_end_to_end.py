@@ -70,8 +70,8 @@ def test_plan_train_resume_validate_predict_find_best(nnunet_env, dim):
     assert f"Epoch {latest['current_epoch']}" in resumed_log and "Epoch 0" not in resumed_log
     assert f"Epoch {EPOCHS - 1}" in resumed_log
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == EPOCHS - 1  # nnU-Net stores the last epoch's index in the final checkpoint
-    assert np.isfinite(final["logging"]["train_losses"]).all() and len(final["logging"]["train_losses"]) == EPOCHS
+    # every epoch's loss is there once, across the interruption
+    assert len(final["logging"]["train_losses"]) == EPOCHS and np.isfinite(final["logging"]["train_losses"]).all()
 
     # --val re-runs the fold's validation with the final checkpoint
     summary = fold / "validation" / "summary.json"

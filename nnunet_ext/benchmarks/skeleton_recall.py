@@ -311,6 +311,18 @@ def _build_trainer(cls: type, folder: Path, configuration: str):
     return trainer, train_gen
 
 
+def _loss_call(trainer, batch: dict) -> Callable[[], None]:
+    """fn() running the trainer's loss forward+backward on a fixed (detached) network output."""
+    with torch.no_grad():
+        output = trainer.network(batch["data"])
+    output = [o.detach().requires_grad_() for o in output] if isinstance(output, (list, tuple)) \
+        else output.detach().requires_grad_()
+
+    def call() -> None:
+        trainer.loss(output, batch["target"]).backward()
+    return call
+
+
 def bench_train(root: Path, repeats: int) -> None:
     """Section 3: data loading and train_step of nnUNetTrainerSkelRecall vs nnUNetTrainer."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -343,16 +355,23 @@ def bench_train(root: Path, repeats: int) -> None:
             batches.append(next(gen))
         t_step = _median_pair(lambda: trainers[0][0].train_step(batches[0]),
                               lambda: trainers[1][0].train_step(batches[1]), repeats)
+        t_loss = _median_pair(_loss_call(*trainers[0][:1], batches[0]), _loss_call(*trainers[1][:1], batches[1]),
+                              repeats)
         target_shapes = [tuple(t.shape) for t in batches[1]["target"]]
         rows.append([ds.configuration, f"{patch}, bs {batch_size}", _ms(t_load[0]), _ms(t_load[1]),
                      f"{t_load[1] / t_load[0]:.2f}", _ms(t_step[0]), _ms(t_step[1]), f"{t_step[1] / t_step[0]:.2f}",
-                     _ms(t_load[1] + t_step[1] - t_load[0] - t_step[0])])
+                     _ms(t_loss[0]), _ms(t_loss[1]), _ms(t_load[1] - t_load[0] + t_loss[1] - t_loss[0]),
+                     f"{(t_load[1] + t_step[0] + t_loss[1] - t_loss[0]) / (t_load[0] + t_step[0]):.3f}"])
         print(f"({ds.configuration}: SkelRecall targets {target_shapes})")
     _table("3. Training on the CPU: nnUNetTrainerSkelRecall (SR) vs nnUNetTrainer (base), per batch",
            ["config", "patch, batch", "load base ms", "load SR ms", "load SR/base", "step base ms", "step SR ms",
-            "step SR/base", "added ms/iter"], rows,
+            "step SR/base", "loss base ms", "loss SR ms", "added ms/iter", "iter SR/base"], rows,
            ["load = next(train_gen) with nnUNet_n_proc_DA=0 (single-threaded, includes the DA of the whole batch); "
-            "step = train_step (forward, loss, backward, clip, SGD) on one fixed batch; nnUNet_compile=f.",
+            "step = train_step (forward, loss, backward, clip, SGD) on one fixed batch; nnUNet_compile=f;",
+            "loss = the trainer's loss (all deep-supervision scales) forward+backward on a fixed network output, "
+            "i.e. the step's only extra work (the step itself varies by several % between calls on this CPU);",
+            "added ms/iter = (load SR - load base) + (loss SR - loss base); iter SR/base = (load SR + step base + "
+            "loss SR - loss base) / (load base + step base): the per-iteration cost ratio without the step's noise.",
             "Synthetic datasets: 10 cases of 2D 128² / 3D 48³ (nnU-Net plans the patch and batch size)."])
 
 

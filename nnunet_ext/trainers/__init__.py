@@ -9,7 +9,7 @@ require_nnunetv2()
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 
 from nnunet_ext.registry import ARCHITECTURES, LOSSES, trainer_name  # noqa: E402
-from nnunet_ext.trainers.mixins import ShortScheduleMixin  # noqa: E402
+from nnunet_ext.mixins import ShortScheduleMixin  # noqa: E402
 
 __all__: list[str] = []
 
