@@ -18,8 +18,9 @@ inputs, CPU, single-threaded (``torch.set_num_threads(1)`` and threadpoolctl lim
 
 Timing: each measurement is the median over ``--repeats`` calls (after warm-up); per-case figures are means
 of per-sample medians. Defaults (``--repeats 5``: 8 patches per tube case, 6 patches x 3 draws for the
-transforms, 5 batches / 5 train steps) take about 4-5 minutes on a 2-core CPU; ``--quick`` (repeats 3, fewer
-patches and draws) about half of that. ``--only tube,transforms,train`` runs a subset.
+transforms, 5 batches / 5 train steps) take about 3.5 minutes on a 2-core CPU (45 s of it nnU-Net's planning
+and preprocessing); ``--quick`` (repeats 3, fewer patches and draws) about 2.5 minutes.
+``--only tube,transforms,train`` runs a subset.
 """
 from __future__ import annotations
 
