@@ -86,7 +86,7 @@ def run_demo(workdir: str = "demo_output", epochs: int | None = None, iterations
                                      raw_root=str(folders["nnUNet_raw"]), name="DemoTubes2D"))
     print(f"[demo] wrote {raw} (16 training, 4 held-out cases)")
     ds = str(DATASET_ID)
-    _run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", "2d", "-np", "1"], env, log)
+    _run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", "2d", "-np", "1", "-npfp", "1"], env, log)
     _run("train", ["nnUNetv2_train", ds, "2d", "0", "-tr", TRAINER, "-device", "cpu"], env, log)
     predictions = work / "predictions"
     _run("predict", ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(predictions), "-d", ds,

@@ -46,7 +46,7 @@ def test_plan_train_resume_validate_predict_find_best(nnunet_env, dim):
     env = clean_env(NNUNET_EXT_EPOCHS=str(EPOCHS), NNUNET_EXT_ITERATIONS="2", NNUNET_EXT_VAL_ITERATIONS="1")
     ds = str(dataset_id)
 
-    run(["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", configuration, "-np", "1"],
+    run(["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", configuration, "-np", "1", "-npfp", "1"],
         {**env, "nnUNet_n_proc_DA": "1"})  # nnU-Net's planner needs >= 1 here
 
     # a real interruption: kill training once the epoch-1 checkpoint is written (``Epoch 2`` is logged after it)

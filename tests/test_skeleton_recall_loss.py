@@ -437,3 +437,20 @@ def test_output_without_foreground_channel_is_an_error(region_mode, n_channels):
     tube = torch.zeros(1, 1 if not region_mode else 0, 3, 3)
     with pytest.raises(ValueError, match="channel"):
         SoftSkeletonRecallLoss(region_mode=region_mode)(output, tube)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch_dice", [True, False])
+def test_cuda_half_precision_matches_cpu(batch_dice):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16, 8, generator=g)
+    tube = torch.randint(0, 3, (2, 1, 16, 16, 8), generator=g)
+    loss_fn = SoftSkeletonRecallLoss(batch_dice=batch_dice)
+    expected = loss_fn(logits, tube)
+    on_gpu = logits.cuda().half().requires_grad_()
+    with torch.autocast("cuda"):
+        value = loss_fn(on_gpu, tube.cuda())
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(on_gpu.grad).all()
+    assert value.item() == pytest.approx(expected.item(), abs=2e-3)
