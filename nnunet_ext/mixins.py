@@ -3,20 +3,31 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Callable
 
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.configuration import default_num_processes
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnunet_ext.losses.auxiliary import AuxiliaryTermLoss, rejoin_extra_channels, split_extra_channels
+from nnunet_ext.losses.cldice import SoftClDiceLoss
+from nnunet_ext.losses.mixed import WeightedSumLoss
 from nnunet_ext.losses.skeleton_recall import SoftSkeletonRecallLoss
 from nnunet_ext.transforms.extra_target import insert_extra_target_transform
 from nnunet_ext.transforms.skeleton_tube import SkeletonTubeTransform
 
 _TRAINING_SIGNATURE = inspect.signature(nnUNetTrainer.get_training_transforms)
 _VALIDATION_SIGNATURE = inspect.signature(nnUNetTrainer.get_validation_transforms)
+
+
+def extend_per_scale_loss(loss: nn.Module, extend: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Replace nnU-Net's per-scale loss by ``extend(loss)``, keeping its DeepSupervisionWrapper and weights."""
+    if isinstance(loss, DeepSupervisionWrapper):
+        return DeepSupervisionWrapper(extend(loss.loss), loss.weight_factors)
+    return extend(loss)
 
 
 class ExtraTargetLossMixin:
@@ -63,13 +74,10 @@ class ExtraTargetLossMixin:
                                            lm.ignore_label).n_channels
 
     def _build_loss(self):
-        base = super()._build_loss()
-        inner = base.loss if isinstance(base, DeepSupervisionWrapper) else base
-        combined = AuxiliaryTermLoss(inner, self.build_auxiliary_loss(), self.auxiliary_loss_weight,
-                                     self.n_extra_target_channels)
-        if isinstance(base, DeepSupervisionWrapper):
-            return DeepSupervisionWrapper(combined, base.weight_factors)
-        return combined
+        return extend_per_scale_loss(
+            super()._build_loss(),
+            lambda inner: AuxiliaryTermLoss(inner, self.build_auxiliary_loss(), self.auxiliary_loss_weight,
+                                            self.n_extra_target_channels))
 
     def validation_step(self, batch: dict) -> dict:
         # nnU-Net's online Dice expects the plain segmentation target; the loss needs the extra channels.
@@ -103,6 +111,55 @@ class SkeletonRecallMixin(ExtraTargetLossMixin):
     def build_auxiliary_loss(self) -> nn.Module:
         return SoftSkeletonRecallLoss(region_mode=self.label_manager.has_regions,
                                       batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp)
+
+
+class ClDiceMixin:
+    """``(1 - cldice_alpha) * nnU-Net's Dice+CE + cldice_alpha * clDice`` at every deep-supervision scale.
+
+    clDice (Shit et al., CVPR 2021) per foreground class (per region in region-based training) with the
+    memory-efficient soft skeleton of ``cldice_iterations`` iterations; the ignore label is masked; batch
+    dice as the plans say; DDP-aware. Change alpha or iterations by subclassing.
+    """
+
+    cldice_alpha: float = 0.5
+    cldice_iterations: int = 10
+
+    def _build_loss(self):
+        if not 0 <= self.cldice_alpha <= 1:
+            raise ValueError(f"cldice_alpha must lie in [0, 1], got {self.cldice_alpha}")
+        lm = self.label_manager
+        cldice = SoftClDiceLoss(region_mode=lm.has_regions, iterations=self.cldice_iterations,
+                                batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp,
+                                ignore_label=None if lm.has_regions else lm.ignore_label,
+                                region_ignore_channel=lm.has_regions and lm.ignore_label is not None)
+        return extend_per_scale_loss(
+            super()._build_loss(),
+            lambda inner: WeightedSumLoss([(1 - self.cldice_alpha, inner), (self.cldice_alpha, cldice)]))
+
+
+class TopologySummaryMixin:
+    """After nnU-Net's fold validation, also writes ``validation/summary_topology.json``.
+
+    Dice, clDice and Betti errors per label/region of the fold's validation cases against nnU-Net's
+    ``gt_segmentations``, shaped like nnU-Net's ``validation/summary.json`` (see ``nnunet-ext evaluate``).
+    """
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        super().perform_actual_validation(save_probabilities)
+        if self.local_rank != 0:
+            return
+        from nnunet_ext.evaluation.folders import evaluate_folders
+        validation = os.path.join(self.output_folder, "validation")
+        ending = self.dataset_json["file_ending"]
+        cases = sorted(f for f in os.listdir(validation) if f.endswith(ending))
+        if not cases:
+            return
+        summary = evaluate_folders(os.path.join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
+                                   validation, output_file=os.path.join(validation, "summary_topology.json"),
+                                   dataset_json=self.dataset_json, num_processes=default_num_processes,
+                                   case_names=cases)
+        means = ", ".join(f"{k} {v:.4f}" for k, v in summary["foreground_mean"].items())
+        self.print_to_log_file(f"Topology metrics (validation/summary_topology.json), foreground mean: {means}")
 
 
 def _env_int(name: str, default: int) -> int:

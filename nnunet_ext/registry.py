@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from nnunet_ext.mixins import SkeletonRecallMixin
+from nnunet_ext.mixins import ClDiceMixin, SkeletonRecallMixin
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ LOSSES: dict[str, Component] = {
         "SkelRecall", SkeletonRecallMixin,
         "Dice+CE + w * Skeleton Recall (tubed skeleton computed on the CPU by the data loader), w = 1",
         variants={"w0p1": {"skeleton_recall_weight": 0.1}, "w1": {"skeleton_recall_weight": 1.0}}),
+    "ClDice": Component(
+        "ClDice", ClDiceMixin,
+        "(1-a) * Dice+CE + a * clDice (memory-efficient soft skeleton, 10 iterations), a = 0.5"),
 }
 
 

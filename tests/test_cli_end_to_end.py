@@ -38,6 +38,17 @@ def _latest_log(fold_dir: Path) -> str:
     return logs[-1].read_text()
 
 
+def _check_topology_summary(summary: Path, topology: Path, dim: int) -> None:
+    """The topology summary covers the fold's validation cases and agrees with nnU-Net's Dice."""
+    nnunet, ours = json.loads(summary.read_text()), json.loads(topology.read_text())
+    keys = {"Dice", "clDice", "Betti0_error", "Betti1_error"} | ({"Betti2_error"} if dim == 3 else set())
+    assert set(ours["foreground_mean"]) == keys
+    assert [Path(c["prediction_file"]).name for c in ours["metric_per_case"]] == \
+        [Path(c["prediction_file"]).name for c in nnunet["metric_per_case"]]
+    assert ours["foreground_mean"]["Dice"] == pytest.approx(nnunet["foreground_mean"]["Dice"], abs=1e-6)
+    assert 0.0 <= ours["foreground_mean"]["clDice"] <= 1.0 and ours["foreground_mean"]["Betti0_error"] >= 0
+
+
 @pytest.mark.parametrize("dim", [2, 3])
 def test_plan_train_resume_validate_predict_find_best(nnunet_env, dim):
     case = CASES[dim]
@@ -73,12 +84,13 @@ def test_plan_train_resume_validate_predict_find_best(nnunet_env, dim):
     # every epoch's loss is there once, across the interruption
     assert len(final["logging"]["train_losses"]) == EPOCHS and np.isfinite(final["logging"]["train_losses"]).all()
 
-    # --val re-runs the fold's validation with the final checkpoint
-    summary = fold / "validation" / "summary.json"
+    # --val re-runs the fold's validation with the final checkpoint; our trainers add the topology summary
+    summary, topology = fold / "validation" / "summary.json", fold / "validation" / "summary_topology.json"
+    assert topology.exists()
     summary.unlink()
+    topology.unlink()
     run(["nnUNetv2_train", ds, configuration, "0", "-tr", TRAINER, "-device", "cpu", "--val"], env)
-    metrics = json.loads(summary.read_text())
-    assert 0.0 <= metrics["foreground_mean"]["Dice"] <= 1.0
+    _check_topology_summary(summary, topology, dim)
 
     # inference on held-out cases
     prediction_dir = raw.parent / f"pred_{dim}d"

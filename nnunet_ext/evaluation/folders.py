@@ -149,7 +149,7 @@ def evaluate_folders(ref_folder: str, pred_folder: str, output_file: str | None 
                      labels: Sequence[int | Sequence[int]] | None = None,
                      num_processes: int = default_num_processes, file_ending: str | None = None,
                      dataset_json: str | dict | None = None, plot_file: str | None = None,
-                     ignore_label: int | None = None) -> dict:
+                     ignore_label: int | None = None, case_names: Sequence[str] | None = None) -> dict:
     """Dice, clDice and Betti errors of every prediction in ``pred_folder`` against ``ref_folder``.
 
     ``labels``: labels and/or regions (sequences of labels) to evaluate; default: the foreground
@@ -157,6 +157,8 @@ def evaluate_folders(ref_folder: str, pred_folder: str, output_file: str | None 
     reference files. ``ignore_label`` defaults to dataset.json's ``ignore``. ``file_ending`` defaults to
     dataset.json's, else the single supported ending found in ``ref_folder``. Every reference file needs a
     prediction of the same name (FileNotFoundError otherwise); extra predictions are ignored.
+    ``case_names``: evaluate only these file names (e.g. one fold's validation cases) instead of every
+    reference file.
     Returns the summary (label/region keys as ints/tuples, like nnU-Net's ``compute_metrics_on_folder``);
     ``output_file`` (.json) and ``plot_file`` (.png) are written when given.
     """
@@ -178,6 +180,11 @@ def evaluate_folders(ref_folder: str, pred_folder: str, output_file: str | None 
     file_ending = file_ending or _infer_file_ending(ref_folder)
 
     names = _segmentation_files(ref_folder, file_ending)
+    if case_names is not None:
+        unknown = sorted(set(case_names) - set(names))
+        if unknown:
+            raise FileNotFoundError(f"case_names not found in {ref_folder}: {', '.join(unknown[:5])}")
+        names = sorted(case_names)
     if not names:
         raise FileNotFoundError(f"no reference files ending with {file_ending} in {ref_folder}")
     missing = [n for n in names if not os.path.isfile(os.path.join(pred_folder, n))]

@@ -9,7 +9,7 @@ require_nnunetv2()
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 
 from nnunet_ext.registry import ARCHITECTURES, LOSSES, trainer_name  # noqa: E402
-from nnunet_ext.mixins import ShortScheduleMixin  # noqa: E402
+from nnunet_ext.mixins import ShortScheduleMixin, TopologySummaryMixin  # noqa: E402
 
 __all__: list[str] = []
 
@@ -27,8 +27,14 @@ def _declare_all() -> None:
             name = trainer_name(arch.name, loss.name)
             mixins = tuple(c.mixin for c in (loss, arch) if c.mixin is not None)
             doc = f"nnU-Net trainer: network = {arch.summary}; loss = {loss.summary}."
-            base = _declare(name, mixins + (nnUNetTrainer,), {}, doc) if mixins else nnUNetTrainer
-            _declare(trainer_name(arch.name, loss.name, short=True), (ShortScheduleMixin, base), {},
+            doc += " Writes validation/summary_topology.json (Dice, clDice, Betti errors) after validation."
+            bases = mixins + (TopologySummaryMixin, nnUNetTrainer)
+            if mixins:
+                base = _declare(name, bases, {}, doc)
+                short_bases = (ShortScheduleMixin, base)
+            else:  # plain nnUNetTrainer is nnU-Net's own: only its short variant is declared here
+                short_bases = (ShortScheduleMixin,) + bases
+            _declare(trainer_name(arch.name, loss.name, short=True), short_bases, {},
                      doc + " Short schedule (NNUNET_EXT_EPOCHS/_ITERATIONS).")
             for suffix, attributes in loss.variants.items():
                 variant = _declare(trainer_name(arch.name, loss.name, suffix), (base,), dict(attributes),
