@@ -68,7 +68,7 @@ def test_cli_trainer_path_and_trainer_list(capsys):
 
 
 def test_cli_unknown_benchmark_names_the_available_ones():
-    with pytest.raises(SystemExit, match="unknown benchmark 'nope'; available: skeleton_recall"):
+    with pytest.raises(SystemExit, match="unknown benchmark 'nope'; available: skeleton_recall, losses"):
         cli.main(["benchmark", "nope"])
 
 
@@ -104,3 +104,10 @@ def test_every_generated_trainer_has_its_registered_mixins_and_attributes():
                 assert getattr(variant, key) == value
             short = getattr(trainers, registry.trainer_name(loss=loss.name, variant=suffix, short=True))
             assert issubclass(short, variant) and issubclass(short, trainers.ShortScheduleMixin)
+
+
+def test_skeleton_recall_benchmark_tube_section_runs_and_checks_identity(capsys):
+    assert cli.main(["benchmark", "skeleton_recall", "--only", "tube", "--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("2D 512", "3D 128"))]
+    assert len(rows) >= 4 and all(line.split()[-1] == "yes" for line in rows)  # fast tube identical to reference

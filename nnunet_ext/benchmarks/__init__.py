@@ -10,6 +10,8 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "skeleton_recall": "Tube time vs the straightforward implementation and vs nnU-Net's default transforms "
                        "(2D 512², 3D 128³); training-step time of nnUNetTrainerSkelRecall vs nnUNetTrainer.",
+    "losses": "Loss forward+backward time and peak memory of Dice+CE, +Skeleton Recall and +clDice on 3D patches "
+              "with 1, 3 and 13 classes; memory-efficient vs straightforward soft skeleton.",
 }
 
 

@@ -39,13 +39,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
+
+from nnunet_ext.benchmarks._report import cpu_name, package_version, table
 
 SECTIONS = ("tube", "transforms", "train")
 
@@ -78,52 +79,18 @@ def _median_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats
     return statistics.median(times_a), statistics.median(times_b)
 
 
-def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]], notes: Sequence[str] = ()) -> None:
-    """Print a plain-text table with right-aligned columns (the first one left-aligned)."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    print(f"\n{title}")
-    print(line(cells[0]))
-    print("  ".join("-" * w for w in widths))
-    for row in cells[1:]:
-        print(line(row))
-    for note in notes:
-        print(f"  {note}")
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
-
-
-def _cpu_name() -> str:
-    try:
-        for text_line in Path("/proc/cpuinfo").read_text().splitlines():
-            if text_line.startswith("model name"):
-                return text_line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
 
 
 def _print_header(args: argparse.Namespace) -> None:
     pools = ", ".join(sorted({f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()})) or "none"
     print("=" * 100)
     print("nnunet-ext benchmark: skeleton_recall")
-    print(f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores visible), {platform.platform()}")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores visible), {platform.platform()}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-          f"scikit-image {_version('scikit-image')}, nnunetv2 {_version('nnunetv2')}, "
-          f"batchgeneratorsv2 {_version('batchgeneratorsv2')}, cc3d {_version('connected-components-3d')}")
+          f"scikit-image {package_version('scikit-image')}, nnunetv2 {package_version('nnunetv2')}, "
+          f"batchgeneratorsv2 {package_version('batchgeneratorsv2')}, cc3d {package_version('connected-components-3d')}")
     print(f"threads: torch intra-op {torch.get_num_threads()}, native pools (threadpoolctl) {pools}")
     print(f"repeats {args.repeats} (median), quick={args.quick}, sections: {', '.join(args.only)}")
     print("=" * 100)
@@ -178,7 +145,7 @@ def bench_tube(cases: list[TubeCase], repeats: int) -> bool:
                      f"{ratio:.3f}", f"{min(per_patch):.2f}-{max(per_patch):.2f}", "yes" if identical else "NO"])
         if not identical:
             print(f"WARNING: tubed_skeleton differs from tubed_skeleton_reference on {case.name}")
-    _table("1. Tube time per sample: tubed_skeleton (fast) vs tubed_skeleton_reference (ref)",
+    table("1. Tube time per sample: tubed_skeleton (fast) vs tubed_skeleton_reference (ref)",
            ["case", "patches", "fg %", "ref ms", "fast ms", "fast/ref", "per-patch range", "identical"], rows,
            ["ms = mean over patches of the per-patch median; fast/ref = ratio of those means; "
             "target fast/ref <= 0.25 for 3D 128³."])
@@ -254,7 +221,7 @@ def bench_transforms(cases: list[TubeCase], repeats: int, n_patches: int, n_draw
         mb, mo, mt = np.mean(t_base), np.mean(t_ours), np.mean(t_tube)
         rows.append([case.name.split(",")[0], len(t_base), _ms(mb), _ms(np.median(t_base)), _ms(mt), _ms(mo),
                      _ms(mo - mb), f"{mt / mb:.2f}", f"{mo / mb:.2f}"])
-    _table("2. Per-sample CPU time: nnU-Net default training transforms (DA) vs SkeletonTubeTransform",
+    table("2. Per-sample CPU time: nnU-Net default training transforms (DA) vs SkeletonTubeTransform",
            ["patch", "samples", "DA mean ms", "DA median ms", "tube alone ms", "DA+tube ms", "added ms",
             "tube/DA", "(DA+tube)/DA"], rows,
            ["samples = patches x random draws, each the median of the repeats; DA = "
@@ -364,7 +331,7 @@ def bench_train(root: Path, repeats: int) -> None:
                      _ms(t_loss[0]), _ms(t_loss[1]), _ms(t_load[1] - t_load[0] + t_loss[1] - t_loss[0]),
                      f"{(t_load[1] + t_step[0] + t_loss[1] - t_loss[0]) / (t_load[0] + t_step[0]):.3f}"])
         print(f"({ds.configuration}: SkelRecall targets {target_shapes})")
-    _table("3. Training on the CPU: nnUNetTrainerSkelRecall (SR) vs nnUNetTrainer (base), per batch",
+    table("3. Training on the CPU: nnUNetTrainerSkelRecall (SR) vs nnUNetTrainer (base), per batch",
            ["config", "patch, batch", "load base ms", "load SR ms", "load SR/base", "step base ms", "step SR ms",
             "step SR/base", "loss base ms", "loss SR ms", "added ms/iter", "iter SR/base"], rows,
            ["load = next(train_gen) with nnUNet_n_proc_DA=0 (single-threaded, includes the DA of the whole batch); "
