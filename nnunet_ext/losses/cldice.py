@@ -29,9 +29,10 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from nnunet_ext.losses._common import checked_logits, foreground_one_hot, reduce_sums
 
 __all__ = ["soft_erode", "soft_dilate", "soft_open", "soft_skeletonize", "soft_skeletonize_reference",
            "SoftClDiceLoss"]
@@ -282,13 +283,7 @@ class SoftClDiceLoss(nn.Module):
             if self.ignore_label is not None:
                 valid = labels_int != self.ignore_label
                 labels_int = labels_int.masked_fill(~valid, 0)
-            if labels_int.numel() and (labels_int.min() < 0 or labels_int.max() >= n_channels):
-                raise ValueError(f"target labels must lie in [0, {n_channels}) for a {n_channels}-channel output "
-                                 f"(ignore_label={self.ignore_label}), got [{int(labels_int.min())}, "
-                                 f"{int(labels_int.max())}]; check the dataset's labels or set ignore_label")
-            one_hot = torch.zeros((target.shape[0], n_channels, *target.shape[2:]), dtype=torch.bool,
-                                  device=target.device)
-            labels = one_hot.scatter_(1, labels_int, True)[:, 1:]
+            labels = foreground_one_hot(labels_int, n_channels, what="target labels")
             probs = torch.softmax(logits, 1)[:, 1:]
         if valid is not None:
             labels = labels & valid
@@ -297,15 +292,7 @@ class SoftClDiceLoss(nn.Module):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """output (B, C, *sp) logits, target (B, 1 | R | R + 1, *sp) -> scalar loss in [0, 1]."""
-        if output.ndim not in (4, 5):
-            raise ValueError(f"output must be (B, C, X, Y) or (B, C, X, Y, Z) logits, got {tuple(output.shape)}")
-        if target.ndim != output.ndim or output.shape[0] != target.shape[0] or output.shape[2:] != target.shape[2:]:
-            raise ValueError(f"output {tuple(output.shape)} and target {tuple(target.shape)} differ in ndim, batch "
-                             "or spatial size")
-        if output.shape[1] < (1 if self.region_mode else 2):
-            raise ValueError(f"output has {output.shape[1]} channel(s): label mode needs background plus at least "
-                             "one class, region mode at least one region")
-        logits = output if output.dtype in (torch.float32, torch.float64) else output.float()
+        logits = checked_logits(output, target, self.region_mode, only_2d_3d=True)
         probs, labels = self._probs_and_target(logits, target)
         skel_pred = self.skeletonize(probs, self.iterations)
         with torch.no_grad():
@@ -313,10 +300,7 @@ class SoftClDiceLoss(nn.Module):
         axes = tuple(range(2, output.ndim))
         sums = [(skel_pred * labels).sum(axes), skel_pred.sum(axes), (skel_true * probs).sum(axes),
                 skel_true.sum(axes)]
-        if self.batch_dice:
-            sums = [s.sum(0) for s in sums]
-            if self.ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
-                sums = [AllGatherGrad.apply(s).sum(0) for s in sums]
+        sums = reduce_sums(sums, self.batch_dice, self.ddp)
         s = self.smooth
         tprec = (sums[0] + s) / (sums[1] + s)
         tsens = (sums[2] + s) / (sums[3] + s)

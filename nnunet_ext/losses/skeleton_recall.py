@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
-from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from torch import nn
+
+from nnunet_ext.losses._common import checked_logits, foreground_one_hot, reduce_sums
 
 
 class SoftSkeletonRecallLoss(nn.Module):
@@ -36,35 +37,15 @@ class SoftSkeletonRecallLoss(nn.Module):
             if tube.shape[1] != n_channels:
                 raise ValueError(f"region mode: tube has {tube.shape[1]} channels, output has {n_channels}")
             return tube.bool()
-        if tube.shape[1] != 1:
-            raise ValueError(f"label mode expects a (B, 1, *spatial) tube of labels, got {tuple(tube.shape)}")
-        labels = tube.long()
-        if labels.numel() and (labels.min() < 0 or labels.max() >= n_channels):
-            raise ValueError(f"tube labels must lie in [0, {n_channels}) for a {n_channels}-channel output, got "
-                             f"[{int(labels.min())}, {int(labels.max())}]; check the dataset's labels")
-        one_hot = torch.zeros((tube.shape[0], n_channels, *tube.shape[2:]), dtype=torch.bool, device=tube.device)
-        return one_hot.scatter_(1, labels, True)[:, 1:]
+        return foreground_one_hot(tube, n_channels, what="tube labels")
 
     def forward(self, output: torch.Tensor, tube: torch.Tensor) -> torch.Tensor:
-        if output.shape[0] != tube.shape[0] or output.shape[2:] != tube.shape[2:]:
-            raise ValueError(f"output {tuple(output.shape)} and tube {tuple(tube.shape)} differ in batch or "
-                             "spatial size")
-        if output.shape[1] < (1 if self.region_mode else 2):
-            raise ValueError(f"output has {output.shape[1]} channel(s): label mode needs background plus at least "
-                             "one class, region mode at least one region")
-        logits = output if output.dtype in (torch.float32, torch.float64) else output.float()
-        if self.region_mode:
-            probs = torch.sigmoid(logits)
-        else:
-            probs = torch.softmax(logits, 1)[:, 1:]
+        """output (B, C, *sp) logits, tube (B, 1 | C, *sp) -> scalar loss in [0, 1]."""
+        logits = checked_logits(output, tube, self.region_mode)
+        probs = torch.sigmoid(logits) if self.region_mode else torch.softmax(logits, 1)[:, 1:]
         target = self._one_hot_tube(tube, output.shape[1])
         axes = tuple(range(2, output.ndim))
-        covered = (probs * target).sum(axes)
-        total = target.sum(axes, dtype=torch.float32)
-        if self.batch_dice:
-            covered, total = covered.sum(0), total.sum(0)
-            if self.ddp and torch.distributed.is_available() and torch.distributed.is_initialized():
-                covered = AllGatherGrad.apply(covered).sum(0)
-                total = AllGatherGrad.apply(total).sum(0)
+        covered, total = reduce_sums([(probs * target).sum(axes), target.sum(axes, dtype=probs.dtype)],
+                                     self.batch_dice, self.ddp)
         recall = (covered + self.smooth) / (total + self.smooth)
         return 1 - recall.mean()
