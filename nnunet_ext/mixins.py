@@ -12,10 +12,12 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
+from nnunet_ext.losses.border_weighted import BorderWeightedDiceCELoss
 from nnunet_ext.losses.auxiliary import AuxiliaryTermLoss, rejoin_extra_channels, split_extra_channels
 from nnunet_ext.losses.cldice import SoftClDiceLoss
 from nnunet_ext.losses.mixed import WeightedSumLoss
 from nnunet_ext.losses.skeleton_recall import SoftSkeletonRecallLoss
+from nnunet_ext.transforms.border_weight import BorderWeightTransform
 from nnunet_ext.transforms.extra_target import insert_extra_target_transform
 from nnunet_ext.transforms.skeleton_tube import SkeletonTubeTransform
 
@@ -34,7 +36,7 @@ class ExtraTargetLossMixin:
     """A loss term fed by extra target channels that the data loader computes on the CPU per sample.
 
     Subclasses define :meth:`extra_target_transform` (appends ``n_extra`` channels to the (1, *sp) label
-    map) and :meth:`build_auxiliary_loss`; this mixin puts the transform into nnU-Net's training and
+    map) and :meth:`build_auxiliary_loss` (or override :meth:`loss_with_extra_target`); this mixin puts the transform into nnU-Net's training and
     validation pipelines (before region conversion and deep-supervision downsampling, so every scale gets
     its target), adds ``auxiliary_loss_weight * term`` to nnU-Net's own loss at every deep-supervision scale
     (nnU-Net's scale weights unchanged), and hides the extra channels from the online validation Dice.
@@ -73,11 +75,15 @@ class ExtraTargetLossMixin:
         return self.extra_target_transform(lm.foreground_regions if lm.has_regions else None,
                                            lm.ignore_label).n_channels
 
+    def loss_with_extra_target(self, inner: nn.Module) -> nn.Module:
+        """nnU-Net's per-scale loss -> the per-scale loss that also reads the extra channels.
+
+        Default: ``inner(output, seg) + auxiliary_loss_weight * build_auxiliary_loss()(output, extra)``."""
+        return AuxiliaryTermLoss(inner, self.build_auxiliary_loss(), self.auxiliary_loss_weight,
+                                 self.n_extra_target_channels)
+
     def _build_loss(self):
-        return extend_per_scale_loss(
-            super()._build_loss(),
-            lambda inner: AuxiliaryTermLoss(inner, self.build_auxiliary_loss(), self.auxiliary_loss_weight,
-                                            self.n_extra_target_channels))
+        return extend_per_scale_loss(super()._build_loss(), self.loss_with_extra_target)
 
     def validation_step(self, batch: dict) -> dict:
         # nnU-Net's online Dice expects the plain segmentation target; the loss needs the extra channels.
@@ -111,6 +117,27 @@ class SkeletonRecallMixin(ExtraTargetLossMixin):
     def build_auxiliary_loss(self) -> nn.Module:
         return SoftSkeletonRecallLoss(region_mode=self.label_manager.has_regions,
                                       batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp)
+
+
+class BorderWeightMixin(ExtraTargetLossMixin):
+    """nnU-Net's Dice + cross-entropy weighted per voxel by the U-Net border weight map (Ronneberger 2015).
+
+    ``w = w_c + border_w0 * exp(-(d1 + d2)^2 / (2 border_sigma^2))`` is computed on the CPU per augmented
+    sample (:class:`BorderWeightTransform`), downsampled with the target for every deep-supervision scale;
+    ``border_class_weights`` None balances class frequencies, a dict {label: weight} sets w_c. The ignore label
+    gets weight 0 and is masked as nnU-Net masks it. Change the parameters by subclassing.
+    """
+
+    border_w0: float = 10.0
+    border_sigma: float = 5.0
+    border_class_weights: dict[int, float] | None = None
+
+    @classmethod
+    def extra_target_transform(cls, regions, ignore_label) -> BorderWeightTransform:
+        return BorderWeightTransform(cls.border_w0, cls.border_sigma, cls.border_class_weights, ignore_label)
+
+    def loss_with_extra_target(self, inner: nn.Module) -> nn.Module:
+        return BorderWeightedDiceCELoss(inner)
 
 
 class ClDiceMixin:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from nnunet_ext.mixins import ClDiceMixin, SkeletonRecallMixin
+from nnunet_ext.mixins import BorderWeightMixin, ClDiceMixin, SkeletonRecallMixin
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ LOSSES: dict[str, Component] = {
     "ClDice": Component(
         "ClDice", ClDiceMixin,
         "(1-a) * Dice+CE + a * clDice (memory-efficient soft skeleton, 10 iterations), a = 0.5"),
+    "BorderWeight": Component(
+        "BorderWeight", BorderWeightMixin,
+        "Dice + CE weighted by the U-Net separation-border map (w0 = 10, sigma = 5 voxels, balanced w_c)"),
 }
 
 

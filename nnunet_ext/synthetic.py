@@ -139,3 +139,98 @@ def write_tubular_dataset(dataset_id: int, dim: int = 2, n_train: int = 10, n_te
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump(dataset_json, f, indent=2)
     return folder
+
+
+def touching_blobs_case(shape: Sequence[int], n_blobs: int = 8, radius: tuple[float, float] = (5.0, 9.0),
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Touching cell-like blobs, 2D or 3D. Returns (image float32, label uint8, instances int32).
+
+    Most blobs are placed against an earlier one; where two blobs meet, the label has a one-voxel
+    background gap (as in the U-Net paper's cell images) that the image shows only as a faint dip.
+    ``instances`` numbers the blobs (0 = background, gaps excluded); ``label`` is ``instances > 0``.
+    """
+    if len(shape) not in (2, 3):
+        raise ValueError(f"shape must be 2D or 3D, got {shape}")
+    rng = np.random.default_rng(seed)
+    size = np.array(shape, dtype=float)
+    centres, radii = [], []
+    for _ in range(n_blobs):
+        r = rng.uniform(*radius)
+        if centres and rng.random() < 0.7:
+            anchor = rng.integers(len(centres))
+            direction = rng.normal(size=len(shape))
+            centre = centres[anchor] + direction / np.linalg.norm(direction) * (radii[anchor] + r) * 0.9
+        else:
+            centre = rng.uniform(0.15, 0.85, len(shape)) * size
+        centres.append(np.clip(centre, 0, size - 1))
+        radii.append(r)
+    grid = np.indices(shape, dtype=np.float32)
+    scaled = np.stack([np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre))) / r
+                       for centre, r in zip(centres, radii)])
+    instances = np.where(scaled.min(0) <= 1, scaled.argmin(0) + 1, 0).astype(np.int32)
+    boundary = np.zeros(shape, bool)
+    padded = np.pad(instances, 1)
+    for offset in np.ndindex(*([3] * len(shape))):  # the lower id gives way wherever two blobs are neighbours
+        neighbour = padded[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+        boundary |= (instances > 0) & (neighbour > instances)
+    instances[boundary] = 0
+    blob = instances > 0
+    image = 0.2 + 0.6 * blob + 0.35 * boundary + rng.normal(scale=0.1, size=shape)
+    image = ndimage.gaussian_filter(image, 0.7).astype(np.float32)
+    return image, blob.astype(np.uint8), instances
+
+
+def write_touching_blobs_dataset(dataset_id: int, dim: int = 2, n_train: int = 10, n_test: int = 2,
+                                 shape: Sequence[int] | None = None, n_blobs: int | None = None, seed: int = 0,
+                                 name: str | None = None, raw_root: str | None = None) -> str:
+    """Write ``Dataset{ID}_{name}`` of touching blobs (binary label) in nnU-Net raw format; returns its folder.
+
+    Besides imagesTr/labelsTr/imagesTs/labelsTs, ``instancesTs`` holds the blobs' instance ids for
+    evaluating separation (:func:`separated_touching_pairs`).
+    """
+    raw_root = raw_root or os.environ.get("nnUNet_raw")
+    if not raw_root:
+        raise RuntimeError("nnUNet_raw is not set: export nnUNet_raw=/path/to/raw or pass raw_root=")
+    shape = tuple(shape) if shape is not None else ((96, 96) if dim == 2 else (40, 40, 40))
+    if len(shape) != dim:
+        raise ValueError(f"shape {shape} does not match dim={dim}")
+    n_blobs = n_blobs or (10 if dim == 2 else 8)
+    radius = (5.0, 9.0) if dim == 2 else (4.0, 7.0)
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name or f'Blobs{dim}D'}")
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "instancesTs"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for i in range(n_train + n_test):
+        image, label, instances = touching_blobs_case(shape, n_blobs, radius, seed=seed * 100003 + i)
+        split, case = ("Tr" if i < n_train else "Ts"), f"blobs_{i:04d}"
+        _write(image, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
+        _write(label, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
+        if split == "Ts":
+            _write(instances, os.path.join(folder, "instancesTs", f"{case}.nii.gz"))
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump({"channel_names": {"0": "synthetic"}, "labels": {"background": 0, "cell": 1},
+                   "numTraining": n_train, "file_ending": ".nii.gz", "name": name or f"Blobs{dim}D",
+                   "description": f"nnunet-ext synthetic touching blobs, dim={dim}, seed={seed}"}, f, indent=2)
+    return folder
+
+
+def separated_touching_pairs(prediction: np.ndarray, instances: np.ndarray) -> tuple[int, int]:
+    """(touching pairs, pairs the prediction separates).
+
+    Touching: two instances within two voxels of each other (across a one-voxel gap). Separated: both
+    are predicted (overlap the foreground) and no connected component of the prediction touches both.
+    """
+    structure = ndimage.generate_binary_structure(instances.ndim, instances.ndim)
+    components, _ = ndimage.label(prediction > 0, structure)
+    touching = separated = 0
+    for i in range(1, int(instances.max()) + 1):
+        own = instances == i
+        if not own.any():
+            continue
+        near = ndimage.binary_dilation(own, structure, iterations=2)
+        for j in np.unique(instances[near]):
+            if j <= i:
+                continue
+            touching += 1
+            ci, cj = set(np.unique(components[own])) - {0}, set(np.unique(components[instances == j])) - {0}
+            separated += bool(ci) and bool(cj) and not (ci & cj)
+    return touching, separated
