@@ -152,9 +152,9 @@ def bench_overhead(repeats: int) -> None:
 
     torch.set_num_threads(1)
     rows = []
-    for shape, rotation, scales in [((512, 512), ((-np.pi, np.pi),), [[1, 1], [0.5, 0.5], [0.25, 0.25]]),
-                                    ((128, 128, 128), ((-0.52, 0.52),) * 3, [[1] * 3, [0.5] * 3, [0.25] * 3])]:
-        args = (shape, rotation[0] if len(shape) == 2 else rotation, scales, tuple(range(len(shape))), False)
+    for shape, rotation, scales in [((512, 512), (-np.pi, np.pi), [[1, 1], [0.5, 0.5], [0.25, 0.25]]),
+                                    ((128, 128, 128), (-0.52, 0.52), [[1] * 3, [0.5] * 3, [0.25] * 3])]:
+        args = (shape, rotation, scales, tuple(range(len(shape))), False)
         kwargs = dict(use_mask_for_norm=[False], is_cascaded=False, foreground_labels=[1], regions=None,
                       ignore_label=None)
         plain = nnUNetTrainer.get_training_transforms(*args, **kwargs)
