@@ -27,6 +27,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
+from nnunet_ext.boxes import label_boxes
+
 #: Radius (L1) of the tube around the skeleton: two dilations with the cross.
 TUBE_RADIUS = 2
 
@@ -82,29 +84,12 @@ def _box_volume(box: tuple[slice, ...]) -> int:
     return int(np.prod([s.stop - s.start for s in box]))
 
 
-def component_boxes(fg: np.ndarray, components: np.ndarray) -> list[tuple[slice, ...]]:
-    """Bounding boxes of labels 1..N, computed from the (sparse) foreground voxels only.
-
-    Same result as ``scipy.ndimage.find_objects(components)`` for consecutive labels, about 9x faster on
-    sparse 128³ patches because it never scans the background.
-    """
-    flat = np.flatnonzero(fg)
-    labels = components.ravel()[flat]
-    order = np.argsort(labels, kind="stable")
-    labels, flat = labels[order], flat[order]
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    coords = np.unravel_index(flat, fg.shape)
-    low = [np.minimum.reduceat(c, starts) for c in coords]
-    high = [np.maximum.reduceat(c, starts) for c in coords]
-    return [tuple(slice(int(low[a][i]), int(high[a][i]) + 1) for a in range(fg.ndim)) for i in range(len(starts))]
-
-
 def skeleton_points(fg: np.ndarray) -> np.ndarray:
     """Coordinates (K, ndim) of ``skimage.morphology.skeletonize(fg)``, computed per component."""
     if not fg.any():
         return np.zeros((0, fg.ndim), dtype=np.intp)
     components = cc3d.connected_components(fg, connectivity=26 if fg.ndim == 3 else 8)
-    boxes = component_boxes(fg, components)
+    boxes = label_boxes(components)[1]
     union = tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(fg.ndim))
     if sum(_box_volume(b) for b in boxes) >= _box_volume(union):
         jobs = [(union, fg[union])]

@@ -37,6 +37,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from nnunet_ext.boxes import label_boxes
+
 __all__ = ["border_weight_map", "border_margin", "two_nearest_distances", "class_balance_weights"]
 
 
@@ -101,22 +103,6 @@ def border_margin(w0: float, sigma: float, tolerance: float) -> float:
 
 # --------------------------------------------------------------------------------------------- pieces
 
-def _object_boxes(objects: np.ndarray) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
-    """Ids (K,) > 0 present in ``objects`` and their bounding boxes, from the object voxels only."""
-    flat = np.flatnonzero(objects)
-    if flat.size == 0:
-        return np.zeros(0, dtype=objects.dtype), []
-    labels = objects.ravel()[flat]
-    order = np.argsort(labels, kind="stable")
-    labels, flat = labels[order], flat[order]
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    coords = np.unravel_index(flat, objects.shape)
-    low = [np.minimum.reduceat(c, starts) for c in coords]
-    high = [np.maximum.reduceat(c, starts) for c in coords]
-    boxes = [tuple(slice(int(low[a][i]), int(high[a][i]) + 1) for a in range(objects.ndim)) for i in range(len(starts))]
-    return labels[starts], boxes
-
-
 def two_nearest_distances(objects: np.ndarray, spacing: Sequence[float] | None = None,
                           margin: float | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Distances (physical units) from every voxel to its nearest and second-nearest object.
@@ -130,7 +116,7 @@ def two_nearest_distances(objects: np.ndarray, spacing: Sequence[float] | None =
     spacing = _validated_spacing(spacing, objects.ndim)
     d1 = np.full(objects.shape, np.inf)
     d2 = np.full(objects.shape, np.inf)
-    ids, boxes = _object_boxes(objects)
+    ids, boxes = label_boxes(objects)
     if margin is not None:
         if not margin >= 0:
             raise ValueError(f"margin must be >= 0 or None, got {margin}.")
