@@ -28,22 +28,14 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from nnunet_ext.boxes import label_boxes
+from nnunet_ext.labelmaps import validated_label_map
 
 #: Radius (L1) of the tube around the skeleton: two dilations with the cross.
 TUBE_RADIUS = 2
 
 
 def _validated(seg: np.ndarray) -> np.ndarray:
-    seg = np.asarray(seg)
-    if seg.ndim not in (2, 3):
-        raise ValueError(
-            f"tubed_skeleton expects a 2D or 3D label map without a channel axis, got shape {seg.shape}. "
-            "Pass seg[0] for a (1, *spatial) segmentation.")
-    if not (np.issubdtype(seg.dtype, np.integer) or seg.dtype == bool):
-        raise TypeError(
-            f"tubed_skeleton expects an integer label map, got dtype {seg.dtype}. "
-            "Cast it first, e.g. seg.astype(np.int16).")
-    return seg
+    return validated_label_map(seg, "tubed_skeleton")
 
 
 def foreground_mask(seg: np.ndarray, ignore_label: int | None = None) -> np.ndarray:

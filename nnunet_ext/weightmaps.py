@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnunet_ext.boxes import label_boxes
+from nnunet_ext.labelmaps import validated_label_map
 
 __all__ = ["border_weight_map", "border_margin", "two_nearest_distances", "class_balance_weights"]
 
@@ -45,16 +46,9 @@ __all__ = ["border_weight_map", "border_margin", "two_nearest_distances", "class
 # ------------------------------------------------------------------------------------------ validation
 
 def _validated_seg(seg: np.ndarray) -> np.ndarray:
-    seg = np.asarray(seg)
-    if seg.ndim not in (2, 3):
-        raise ValueError(
-            f"border_weight_map expects a 2D or 3D label map without a channel axis, got shape {seg.shape}. "
-            "Pass seg[0] for a (1, *spatial) segmentation.")
+    seg = validated_label_map(seg, "border_weight_map")
     if seg.dtype == bool:
         seg = seg.astype(np.uint8)
-    if not np.issubdtype(seg.dtype, np.integer):
-        raise TypeError(f"border_weight_map expects an integer label map, got dtype {seg.dtype}. "
-                        "Cast it first, e.g. seg.astype(np.int16).")
     if seg.size and seg.min() < 0:
         raise ValueError(f"border_weight_map expects labels >= 0, got minimum {seg.min()}. "
                          "Map negative labels (e.g. nnU-Net's -1 outside the mask) to 0 or to the ignore label first.")
