@@ -1,6 +1,7 @@
 """Printing shared by the benchmarks: plain-text tables and the machine/version header."""
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,17 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]], n
         print(line(row))
     for note in notes:
         print(f"  {note}")
+
+
+def print_header(name: str, versions: str, lines: Sequence[str]) -> None:
+    """The banner every benchmark starts with: name, CPU, ``versions`` (after Python's), then ``lines``."""
+    print("=" * 100)
+    print(f"nnunet-ext benchmark: {name}")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores visible), {platform.platform()}")
+    print(f"python {platform.python_version()}, {versions}")
+    for line in lines:
+        print(line)
+    print("=" * 100)
 
 
 def package_version(package: str) -> str:

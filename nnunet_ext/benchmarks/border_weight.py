@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from typing import Callable
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from nnunet_ext.benchmarks._report import cpu_name, package_version, table
+from nnunet_ext.benchmarks._report import package_version, print_header, table
 
 SHAPE = (128, 128, 128)
 #: objects -> radius range (voxels) of the balls
@@ -93,14 +92,12 @@ def _ms(seconds: float) -> str:
 
 def _print_header(args: argparse.Namespace) -> None:
     pools = ", ".join(sorted({f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()})) or "none"
-    print("=" * 100)
-    print("nnunet-ext benchmark: border_weight")
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores visible), {platform.platform()}")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, scipy {package_version('scipy')}, "
-          f"cc3d {package_version('connected-components-3d')}")
-    print(f"threads: native pools (threadpoolctl) {pools}")
-    print(f"repeats {args.repeats} (median), quick={args.quick}, objects {args.objects}, tolerance {args.tolerance}")
-    print("=" * 100)
+    print_header("border_weight",
+                 f"numpy {np.__version__}, scipy {package_version('scipy')}, "
+                 f"cc3d {package_version('connected-components-3d')}",
+                 [f"threads: native pools (threadpoolctl) {pools}",
+                  f"repeats {args.repeats} (median), quick={args.quick}, objects {args.objects}, "
+                  f"tolerance {args.tolerance}"])
 
 
 def bench(objects: list[int], repeats: int, tolerance: float) -> bool:

@@ -37,7 +37,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -51,7 +50,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from nnunet_ext.benchmarks._report import cpu_name, package_version, table
+from nnunet_ext.benchmarks._report import package_version, print_header, table
 
 METHODS = ("DC+CE", "DC+CE+SR", "clDice", "clDice-ref")
 _MIB = 2 ** 20
@@ -263,19 +262,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _print_header(args: argparse.Namespace, meter: str, calibration: float) -> None:
-    print("=" * 100)
-    print("nnunet-ext benchmark: losses")
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores visible), {platform.platform()}")
-    if args.device == "cuda":
-        print(f"GPU: {torch.cuda.get_device_name()}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-          f"nnunetv2 {package_version('nnunetv2')}")
-    print(f"device {args.device}; workers: fresh subprocesses per case (memory, time), torch 1 thread, OMP 1; "
-          "memory runs with MALLOC_MMAP_THRESHOLD_=131072")
-    print(f"patch: batch {args.batch} x {args.size}³, classes {args.classes}, repeats <= {args.repeats} "
-          f"(median), time budget {args.time_budget:g} s per case, quick={args.quick}")
-    print(f"peak memory: {meter}; check: a {_CALIBRATION_MIB} MiB tensor measured as {calibration:.1f} MiB")
-    print("=" * 100)
+    lines = [f"GPU: {torch.cuda.get_device_name()}"] if args.device == "cuda" else []
+    lines += [f"device {args.device}; workers: fresh subprocesses per case (memory, time), torch 1 thread, OMP 1; "
+              "memory runs with MALLOC_MMAP_THRESHOLD_=131072",
+              f"patch: batch {args.batch} x {args.size}³, classes {args.classes}, repeats <= {args.repeats} "
+              f"(median), time budget {args.time_budget:g} s per case, quick={args.quick}",
+              f"peak memory: {meter}; check: a {_CALIBRATION_MIB} MiB tensor measured as {calibration:.1f} MiB"]
+    print_header("losses", f"torch {torch.__version__}, numpy {np.__version__}, "
+                           f"nnunetv2 {package_version('nnunetv2')}", lines)
 
 
 def main(argv: list[str]) -> int:

@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from nnunet_ext.benchmarks._report import cpu_name, package_version, table
+from nnunet_ext.benchmarks._report import package_version, print_header, table
 
 SECTIONS = ("tube", "transforms", "train")
 
@@ -85,15 +84,12 @@ def _ms(seconds: float) -> str:
 
 def _print_header(args: argparse.Namespace) -> None:
     pools = ", ".join(sorted({f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()})) or "none"
-    print("=" * 100)
-    print("nnunet-ext benchmark: skeleton_recall")
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores visible), {platform.platform()}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-          f"scikit-image {package_version('scikit-image')}, nnunetv2 {package_version('nnunetv2')}, "
-          f"batchgeneratorsv2 {package_version('batchgeneratorsv2')}, cc3d {package_version('connected-components-3d')}")
-    print(f"threads: torch intra-op {torch.get_num_threads()}, native pools (threadpoolctl) {pools}")
-    print(f"repeats {args.repeats} (median), quick={args.quick}, sections: {', '.join(args.only)}")
-    print("=" * 100)
+    print_header("skeleton_recall",
+                 f"torch {torch.__version__}, numpy {np.__version__}, scikit-image {package_version('scikit-image')}, "
+                 f"nnunetv2 {package_version('nnunetv2')}, batchgeneratorsv2 {package_version('batchgeneratorsv2')}, "
+                 f"cc3d {package_version('connected-components-3d')}",
+                 [f"threads: torch intra-op {torch.get_num_threads()}, native pools (threadpoolctl) {pools}",
+                  f"repeats {args.repeats} (median), quick={args.quick}, sections: {', '.join(args.only)}"])
 
 
 # ------------------------------------------------------------------------------------------------ 1. tube time
