@@ -36,3 +36,27 @@ def run(command: list[str], env: dict, timeout: int = 600, check: bool = True) -
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n--- stdout ---\n"
                              f"{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}")
     return result
+
+
+def plan(dataset_id: int, configuration: str, env: dict) -> None:
+    """``nnUNetv2_plan_and_preprocess`` with one worker (nnU-Net's planner needs nnUNet_n_proc_DA >= 1)."""
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "1", "-npfp", "1"],
+        {**env, "nnUNet_n_proc_DA": "1"})
+
+
+def fold_folder(results: Path, raw: Path, trainer: str, configuration: str) -> Path:
+    """Where nnU-Net writes fold 0 of ``trainer`` for the dataset in ``raw``."""
+    return Path(results) / raw.name / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+
+
+def plan_and_train(dataset_id: int, raw: Path, configuration: str, trainer: str, env: dict) -> Path:
+    """Plan, preprocess and train fold 0 on the CPU with the real CLI; returns the fold folder."""
+    plan(dataset_id, configuration, env)
+    run(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-device", "cpu"], env)
+    return fold_folder(env["nnUNet_results"], raw, trainer, configuration)
+
+
+def predict(dataset_id: int, raw: Path, out: Path, configuration: str, trainer: str, env: dict) -> None:
+    """``nnUNetv2_predict`` of ``raw/imagesTs`` with fold 0 on the CPU into ``out``."""
+    run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(dataset_id), "-c",
+         configuration, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)

@@ -11,12 +11,11 @@ from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_lo
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from cli_helpers import clean_env, run
+from cli_helpers import clean_env, plan_and_train, predict
 from conftest import make_trainer
 from nnunet_ext.losses.border_weighted import BorderWeightedDiceCELoss
 from nnunet_ext.synthetic import separated_touching_pairs, touching_blobs_case, write_touching_blobs_dataset
 from nnunet_ext.trainers import nnUNetTrainerBorderWeight
-from nnunet_ext.transforms import BorderWeightTransform
 from nnunet_ext.weightmaps import border_weight_map
 
 SCALES = {2: [[1, 1], [0.5, 0.5], [0.25, 0.25]], 3: [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]}
@@ -123,15 +122,11 @@ def test_cli_train_and_predict_with_border_weights(nnunet_env, dim):
     shape = (64, 64) if dim == 2 else (32, 32, 32)
     raw = Path(write_touching_blobs_dataset(dataset_id, dim=dim, n_train=5, n_test=1, shape=shape, seed=4))
     env = clean_env(NNUNET_EXT_EPOCHS="1", NNUNET_EXT_ITERATIONS="2", NNUNET_EXT_VAL_ITERATIONS="1")
-    ds, trainer = str(dataset_id), "nnUNetTrainerBorderWeight_short"
-    run(["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", configuration, "-np", "1", "-npfp", "1"],
-        {**env, "nnUNet_n_proc_DA": "1"})
-    run(["nnUNetv2_train", ds, configuration, "0", "-tr", trainer, "-device", "cpu"], env)
-    fold = Path(nnunet_env["nnUNet_results"]) / raw.name / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    trainer = "nnUNetTrainerBorderWeight_short"
+    fold = plan_and_train(dataset_id, raw, configuration, trainer, env)
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == trainer and np.isfinite(checkpoint["logging"]["train_losses"]).all()
     assert json.loads((fold / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
     out = raw.parent / f"pred_border_{dim}d"
-    run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", ds, "-c", configuration,
-         "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    predict(dataset_id, raw, out, configuration, trainer, env)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in (raw / "labelsTs").glob("*"))

@@ -10,7 +10,7 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-from cli_helpers import clean_env, run
+from cli_helpers import clean_env, plan_and_train, predict
 from conftest import load_example, make_trainer
 from nnunet_ext.losses.cldice import SoftClDiceLoss
 from nnunet_ext.losses.mixed import WeightedSumLoss
@@ -93,16 +93,12 @@ def test_cli_train_and_predict_with_cldice(nnunet_env, dim):
     dataset_id, shape, configuration = (983, (64, 64), "2d") if dim == 2 else (984, (32, 32, 32), "3d_fullres")
     raw = Path(write_tubular_dataset(dataset_id, dim=dim, n_train=5, n_test=1, shape=shape, seed=5))
     env = clean_env(NNUNET_EXT_EPOCHS="1", NNUNET_EXT_ITERATIONS="2", NNUNET_EXT_VAL_ITERATIONS="1")
-    ds, trainer = str(dataset_id), "nnUNetTrainerClDice_short"
-    run(["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", configuration, "-np", "1", "-npfp", "1"],
-        {**env, "nnUNet_n_proc_DA": "1"})
-    run(["nnUNetv2_train", ds, configuration, "0", "-tr", trainer, "-device", "cpu"], env)
-    fold = Path(nnunet_env["nnUNet_results"]) / raw.name / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    trainer = "nnUNetTrainerClDice_short"
+    fold = plan_and_train(dataset_id, raw, configuration, trainer, env)
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == trainer and np.isfinite(checkpoint["logging"]["train_losses"]).all()
     topology = json.loads((fold / "validation" / "summary_topology.json").read_text())
     assert ("Betti2_error" in topology["foreground_mean"]) == (dim == 3)
     out = raw.parent / f"pred_cldice_{dim}d"
-    run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", ds, "-c", configuration,
-         "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    predict(dataset_id, raw, out, configuration, trainer, env)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in (raw / "labelsTs").glob("*"))

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cli_helpers import _tool, clean_env, run, start
+from cli_helpers import _tool, clean_env, fold_folder, plan, predict, run, start
 from nnunet_ext.synthetic import write_tubular_dataset
 
 pytestmark = pytest.mark.slow
@@ -57,12 +57,11 @@ def test_plan_train_resume_validate_predict_find_best(nnunet_env, dim):
     env = clean_env(NNUNET_EXT_EPOCHS=str(EPOCHS), NNUNET_EXT_ITERATIONS="2", NNUNET_EXT_VAL_ITERATIONS="1")
     ds = str(dataset_id)
 
-    run(["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", configuration, "-np", "1", "-npfp", "1"],
-        {**env, "nnUNet_n_proc_DA": "1"})  # nnU-Net's planner needs >= 1 here
+    plan(dataset_id, configuration, env)
 
     # a real interruption: kill training once the epoch-1 checkpoint is written (``Epoch 2`` is logged after it)
     results = Path(nnunet_env["nnUNet_results"]) / raw.name
-    fold = results / f"{TRAINER}__nnUNetPlans__{configuration}" / "fold_0"
+    fold = fold_folder(nnunet_env["nnUNet_results"], raw, TRAINER, configuration)
     interrupted = start([_tool("nnUNetv2_train"), ds, configuration, "0", "-tr", TRAINER, "-device", "cpu"], env)
     try:
         _wait_for_log_line(fold, "Epoch 2", interrupted)
@@ -94,8 +93,7 @@ def test_plan_train_resume_validate_predict_find_best(nnunet_env, dim):
 
     # inference on held-out cases
     prediction_dir = raw.parent / f"pred_{dim}d"
-    run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(prediction_dir), "-d", ds, "-c", configuration,
-         "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    predict(dataset_id, raw, prediction_dir, configuration, TRAINER, env)
     for label_file in sorted((raw / "labelsTs").glob("*.nii.gz")):
         predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction_dir / label_file.name)))
         reference = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file)))
