@@ -26,9 +26,10 @@ _VALIDATION_SIGNATURE = inspect.signature(nnUNetTrainer.get_validation_transform
 
 
 def extend_per_scale_loss(loss: nn.Module, extend: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """Replace nnU-Net's per-scale loss by ``extend(loss)``, keeping its DeepSupervisionWrapper and weights."""
+    """Replace nnU-Net's per-scale loss by ``extend(loss)``, keeping its deep-supervision wrapper (and the wrapper's
+    class, e.g. UNet++'s :class:`FullResolutionDeepSupervision`) and weights."""
     if isinstance(loss, DeepSupervisionWrapper):
-        return DeepSupervisionWrapper(extend(loss.loss), loss.weight_factors)
+        return type(loss)(extend(loss.loss), loss.weight_factors)
     return extend(loss)
 
 

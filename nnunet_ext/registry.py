@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from nnunet_ext.architecture_mixins import UNetPlusPlusMixin
 from nnunet_ext.mixins import BorderWeightMixin, ClDiceMixin, SkeletonRecallMixin
 
 
@@ -24,6 +25,10 @@ class Component:
 
 ARCHITECTURES: dict[str, Component] = {
     "": Component("", None, "the network the plans name (nnU-Net's PlainConvUNet or ResEnc)"),
+    "UNetPlusPlus": Component(
+        "UNetPlusPlus", UNetPlusPlusMixin,
+        "UNet++ (nested dense skips) built from the plans' U-Net configuration, deep supervision on every "
+        "full-resolution head; inference head from $NNUNET_EXT_UNETPP_INFERENCE_HEAD (ensemble | d)"),
 }
 
 LOSSES: dict[str, Component] = {
