@@ -32,6 +32,24 @@ def _synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from nnunet_ext.planning import plan_dataset
+    try:
+        for dataset_id in args.dataset_ids:
+            identifier = plan_dataset(dataset_id, args.arch, args.gpu_memory_target, args.plans_name,
+                                      args.configurations if args.preprocess else (), args.num_processes,
+                                      args.fingerprint_processes)
+            print(f"Dataset {dataset_id}: plans {identifier}.json written. Train with: nnUNetv2_train "
+                  f"{dataset_id} CONFIGURATION FOLD -p {identifier} -tr nnUNetTrainerUNetPlusPlus")
+            if not args.preprocess:
+                print(f"Preprocess first: nnUNetv2_preprocess -d {dataset_id} -plans_name {identifier} -c "
+                      f"{' '.join(args.configurations)}")
+    except (KeyError, RuntimeError, FileNotFoundError) as error:
+        print(f"nnunet-ext plan: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from nnunet_ext.demo import run_demo
     return run_demo(args.workdir, epochs=args.epochs, iterations=args.iterations)
@@ -94,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-label", action="store_true", help="paint an ignore label over random boxes")
     p.add_argument("--regions", action="store_true", help="region-based labels (needs --n-classes >= 2)")
     p.set_defaults(func=_synthetic)
+
+    p = sub.add_parser("plan", help="nnU-Net's planner for an nnunet-ext network: writes nnUNetPlans_<Network>.json")
+    p.add_argument("-d", dest="dataset_ids", type=int, nargs="+", required=True, help="dataset id(s)")
+    p.add_argument("--arch", default="unetpp", choices=("unetpp",), help="network to plan for (default unetpp)")
+    p.add_argument("-gpu_memory_target", type=float, default=None,
+                   help="VRAM target in GB (default: nnU-Net's default planner's, 8)")
+    p.add_argument("-overwrite_plans_name", dest="plans_name", default=None,
+                   help="plans identifier (default nnUNetPlans_UNetPlusPlus)")
+    p.add_argument("--preprocess", action="store_true", help="also run nnU-Net's preprocessing for -c")
+    p.add_argument("-c", dest="configurations", nargs="+", default=["2d", "3d_fullres", "3d_lowres"],
+                   help="configurations to preprocess (default 2d 3d_fullres 3d_lowres)")
+    p.add_argument("-np", dest="num_processes", type=int, default=4, help="preprocessing processes (4)")
+    p.add_argument("-npfp", dest="fingerprint_processes", type=int, default=4,
+                   help="fingerprint processes, if the fingerprint is missing (4)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("demo", help="generate data, plan, train Skeleton Recall on the CPU, predict, evaluate")
     p.add_argument("--workdir", default="demo_output")

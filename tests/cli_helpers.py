@@ -44,19 +44,25 @@ def plan(dataset_id: int, configuration: str, env: dict) -> None:
         {**env, "nnUNet_n_proc_DA": "1"})
 
 
-def fold_folder(results: Path, raw: Path, trainer: str, configuration: str) -> Path:
+def fold_folder(results: Path, raw: Path, trainer: str, configuration: str, plans: str = "nnUNetPlans") -> Path:
     """Where nnU-Net writes fold 0 of ``trainer`` for the dataset in ``raw``."""
-    return Path(results) / raw.name / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    return Path(results) / raw.name / f"{trainer}__{plans}__{configuration}" / "fold_0"
 
 
 def plan_and_train(dataset_id: int, raw: Path, configuration: str, trainer: str, env: dict) -> Path:
     """Plan, preprocess and train fold 0 on the CPU with the real CLI; returns the fold folder."""
     plan(dataset_id, configuration, env)
-    run(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-device", "cpu"], env)
+    train(dataset_id, configuration, trainer, env)
     return fold_folder(env["nnUNet_results"], raw, trainer, configuration)
 
 
-def predict(dataset_id: int, raw: Path, out: Path, configuration: str, trainer: str, env: dict) -> None:
+def train(dataset_id: int, configuration: str, trainer: str, env: dict, plans: str = "nnUNetPlans") -> None:
+    """``nnUNetv2_train`` fold 0 on the CPU."""
+    run(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-p", plans, "-device", "cpu"], env)
+
+
+def predict(dataset_id: int, raw: Path, out: Path, configuration: str, trainer: str, env: dict,
+            plans: str = "nnUNetPlans") -> None:
     """``nnUNetv2_predict`` of ``raw/imagesTs`` with fold 0 on the CPU into ``out``."""
     run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(dataset_id), "-c",
-         configuration, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+         configuration, "-tr", trainer, "-p", plans, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
