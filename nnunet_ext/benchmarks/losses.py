@@ -34,14 +34,9 @@ skeleton's max-pooling (CPU ``max_pool3d`` with 3³ windows runs at roughly 8 mi
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,69 +45,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from nnunet_ext.benchmarks._measure import (CALIBRATION_MIB, PeakMeter, available_mib, calibration_worker,
+                                            run_worker)
 from nnunet_ext.benchmarks._report import package_version, print_header, table
 
 METHODS = ("DC+CE", "DC+CE+SR", "clDice", "clDice-ref")
-_MIB = 2 ** 20
-_CALIBRATION_MIB = 256
-
-
-# ----------------------------------------------------------------------------------------------------- helpers
-
-def _status_mib(key: str) -> float | None:
-    """A field of /proc/self/status (VmRSS, VmHWM) in MiB, None where unavailable."""
-    try:
-        for text_line in Path("/proc/self/status").read_text().splitlines():
-            if text_line.startswith(key + ":"):
-                return int(text_line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _available_mib() -> float | None:
-    try:
-        for text_line in Path("/proc/meminfo").read_text().splitlines():
-            if text_line.startswith("MemAvailable:"):
-                return int(text_line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-# ------------------------------------------------------------------------------------------------- the worker
-
-class _PeakMeter:
-    """Peak memory of a block above the level just before it (CPU: resident set; CUDA: allocated)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.method = ""
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device) / _MIB
-            self.method = "torch.cuda.max_memory_allocated"
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets the peak resident set (VmHWM) to the current one
-            self.method = "VmHWM after clear_refs"
-        except OSError:
-            self.method = "ru_maxrss"
-        rss = _status_mib("VmRSS")
-        self.base = rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def stop(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) / _MIB - self.base
-        hwm = _status_mib("VmHWM") if self.method.startswith("VmHWM") else None
-        peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return max(0.0, peak - self.base)
 
 
 def _build_loss(method: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -143,13 +80,9 @@ def _worker(spec_json: str) -> int:
     spec = json.loads(spec_json)
     torch.set_num_threads(1)
     device = torch.device(spec["device"])
-    meter = _PeakMeter(device)
+    meter = PeakMeter(device)
     if spec["method"] == "calibrate":
-        torch.ones(1024, device=device).sum()  # loads the fill kernel's code before measuring
-        meter.start()
-        block = torch.ones(_CALIBRATION_MIB * _MIB // 4, dtype=torch.float32, device=device)
-        del block
-        print("RESULT " + json.dumps({"peak_mib": meter.stop(), "meter": meter.method}))
+        print("RESULT " + json.dumps(calibration_worker(device)))
         return 0
     data = torch.load(spec["inputs"])
     logits = data["logits"].to(device).requires_grad_()
@@ -195,19 +128,7 @@ def _worker(spec_json: str) -> int:
 
 
 def _run_worker(spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    if spec.get("mode") == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = "131072"  # freed tensors go back to the OS: RSS follows live tensors
-    else:
-        env.pop("MALLOC_MMAP_THRESHOLD_", None)  # glibc's default, as in training
-    code = "import sys; from nnunet_ext.benchmarks.losses import _worker; sys.exit(_worker(sys.argv[1]))"
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env, capture_output=True, text=True)
-    for text_line in reversed(done.stdout.splitlines()):
-        if text_line.startswith("RESULT "):
-            return json.loads(text_line[len("RESULT "):])
-    killed = " (killed: out of memory?)" if done.returncode < 0 else ""
-    raise RuntimeError(f"benchmark worker {spec.get('method')} failed with exit code {done.returncode}{killed}:\n"
-                       f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return run_worker("nnunet_ext.benchmarks.losses", spec, memory=spec.get("mode") == "memory")
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
@@ -267,7 +188,7 @@ def _print_header(args: argparse.Namespace, meter: str, calibration: float) -> N
               "memory runs with MALLOC_MMAP_THRESHOLD_=131072",
               f"patch: batch {args.batch} x {args.size}³, classes {args.classes}, repeats <= {args.repeats} "
               f"(median), time budget {args.time_budget:g} s per case, quick={args.quick}",
-              f"peak memory: {meter}; check: a {_CALIBRATION_MIB} MiB tensor measured as {calibration:.1f} MiB"]
+              f"peak memory: {meter}; check: a {CALIBRATION_MIB} MiB tensor measured as {calibration:.1f} MiB"]
     print_header("losses", f"torch {torch.__version__}, numpy {np.__version__}, "
                            f"nnunetv2 {package_version('nnunetv2')}", lines)
 
@@ -322,7 +243,7 @@ def _reference_too_big(n_classes: int, measured: list[tuple[int, float]], max_gb
         return ""
     per_class = max(peak / n for n, peak in measured)
     estimate = per_class * n_classes
-    available = _available_mib()
+    available = available_mib()
     if estimate > max_gb * 1024:
         return (f"extrapolated peak {estimate / 1024:.1f} GB > --max-reference-gb {max_gb:g} "
                 "(raise it to measure)")

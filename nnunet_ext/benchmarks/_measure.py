@@ -1,0 +1,105 @@
+"""Measuring shared by the benchmarks: peak memory of a block of code, and fresh worker subprocesses.
+
+Peak memory on the CPU is the peak resident set during the block minus the resident set just before it (peak
+reset through ``/proc/self/clear_refs``; where that is refused, ``ru_maxrss``). Memory workers run with glibc's
+mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``), so freed tensors go back to the OS and the resident
+set follows the live tensors. On CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the block.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+MIB = 2 ** 20
+#: size of the allocation a benchmark measures first, as a check of the meter
+CALIBRATION_MIB = 256
+
+
+def status_mib(key: str) -> float | None:
+    """A field of /proc/self/status (VmRSS, VmHWM) in MiB, None where unavailable."""
+    try:
+        for text_line in Path("/proc/self/status").read_text().splitlines():
+            if text_line.startswith(key + ":"):
+                return int(text_line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_mib() -> float | None:
+    """MemAvailable from /proc/meminfo in MiB, None where unavailable."""
+    try:
+        for text_line in Path("/proc/meminfo").read_text().splitlines():
+            if text_line.startswith("MemAvailable:"):
+                return int(text_line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class PeakMeter:
+    """Peak memory of a block above the level just before it (CPU: resident set; CUDA: allocated)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.method = ""
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device) / MIB
+            self.method = "torch.cuda.max_memory_allocated"
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the peak resident set (VmHWM) to the current one
+            self.method = "VmHWM after clear_refs"
+        except OSError:
+            self.method = "ru_maxrss"
+        rss = status_mib("VmRSS")
+        self.base = rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / MIB - self.base
+        hwm = status_mib("VmHWM") if self.method.startswith("VmHWM") else None
+        peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return max(0.0, peak - self.base)
+
+
+def calibration_worker(device: torch.device) -> dict:
+    """Measures a CALIBRATION_MIB allocation (run in a memory worker): {"peak_mib", "meter"}."""
+    torch.ones(1024, device=device).sum()  # loads the fill kernel's code before measuring
+    meter = PeakMeter(device)
+    meter.start()
+    block = torch.ones(CALIBRATION_MIB * MIB // 4, dtype=torch.float32, device=device)
+    del block
+    return {"peak_mib": meter.stop(), "meter": meter.method}
+
+
+def run_worker(module: str, spec: dict, memory: bool) -> dict:
+    """Run ``module._worker(json.dumps(spec))`` in a fresh single-threaded Python; returns the dict it printed
+    as ``RESULT {json}`` (its last such line). ``memory`` selects the allocator setting described above."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if memory:
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"  # freed tensors go back to the OS: RSS follows live tensors
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)  # glibc's default, as in training
+    code = f"import sys; from {module} import _worker; sys.exit(_worker(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env, capture_output=True, text=True)
+    for text_line in reversed(done.stdout.splitlines()):
+        if text_line.startswith("RESULT "):
+            return json.loads(text_line[len("RESULT "):])
+    killed = " (killed: out of memory?)" if done.returncode < 0 else ""
+    raise RuntimeError(f"benchmark worker {module} {spec.get('method', '')} failed with exit code "
+                       f"{done.returncode}{killed}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
