@@ -68,7 +68,9 @@ def test_cli_trainer_path_and_trainer_list(capsys):
 
 
 def test_cli_unknown_benchmark_names_the_available_ones():
-    with pytest.raises(SystemExit, match="unknown benchmark 'nope'; available: skeleton_recall, losses, border_weight"):
+    from nnunet_ext.benchmarks import BENCHMARKS
+    assert {"skeleton_recall", "losses", "border_weight", "unetpp"} <= set(BENCHMARKS)
+    with pytest.raises(SystemExit, match="unknown benchmark 'nope'; available: " + ", ".join(BENCHMARKS)):
         cli.main(["benchmark", "nope"])
 
 

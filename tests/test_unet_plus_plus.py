@@ -145,7 +145,7 @@ def test_too_few_stages_and_wrong_decoder_lengths_are_rejected():
 
 def _counted_feature_maps(net: UNetPlusPlus, x: torch.Tensor) -> int:
     """Feature-map elements per sample measured with hooks: every conv block's output, every up-convolution's
-    output, every head's output, plus the concatenated same-level inputs beyond the first."""
+    output, every head's output, plus half of the concatenated same-level inputs beyond the first."""
     total = 0
 
     def count(module, inputs, output):
@@ -161,7 +161,7 @@ def _counted_feature_maps(net: UNetPlusPlus, x: torch.Tensor) -> int:
     for key, block in net.decoder.blocks.items():
         level, column = (int(v) for v in key[1:].split("_"))
         spatial = np.array(x.shape[2:]) // np.prod(np.array(net.encoder.strides[:level + 1]), axis=0)
-        total += (column - 1) * block.convs[0].conv.out_channels * int(np.prod(spatial))
+        total += (column - 1) * block.convs[0].conv.out_channels * int(np.prod(spatial)) // 2
     return total
 
 
