@@ -1,12 +1,13 @@
 # Set-up commands for a fresh machine (see README):
 #   make test   creates .venv, installs nnunet-ext with its test extras, runs the whole test suite
 #   make demo   creates .venv, installs, runs the Skeleton Recall demo end to end on the CPU
+#   make quality creates .venv, installs, runs the CPU-budget quality benchmark (about 40 minutes on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +23,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nnunet-ext demo --workdir demo_output
 
+quality: $(STAMP)
+	$(BIN)/nnunet-ext benchmark quality --budget cpu --workdir quality_benchmark
+
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output quality_benchmark

@@ -14,6 +14,8 @@ BENCHMARKS: dict[str, str] = {
               "with 1, 3 and 13 classes; memory-efficient vs straightforward soft skeleton.",
     "border_weight": "U-Net border weight map: fast vs per-object exact (5/27/64 objects, 128³); overhead vs "
                      "nnU-Net's transforms; touching-pair separation after a short CPU training vs nnUNetTrainer.",
+    "quality": "Dice, clDice and Betti errors of nnUNetTrainer vs SkelRecall, ClDice and every registered network "
+               "through the real nnU-Net CLI on generated 2D/3D tubes (or --dataset ID), mean ± std over seeds.",
     "unetpp": "UNet++ vs PlainConvUNet on the same plans (2D, 3D): parameters, training-step time and peak "
               "memory; pruned L1..Ln vs ensemble inference (time, memory, parameters).",
 }

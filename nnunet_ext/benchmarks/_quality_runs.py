@@ -1,0 +1,148 @@
+"""The quality benchmark's steps, each one real command-line call: plan, train, predict, evaluate.
+
+Every step runs nnU-Net's (or nnunet-ext's) console script as a subprocess, with its output in a log file;
+training also reports its peak resident memory (``os.wait4``) and, on CUDA, its peak CUDA memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+#: plans identifier of the CPU budget's reduced plans (written next to nnU-Net's nnUNetPlans.json)
+REDUCED_PLANS = "nnUNetPlans_cpu"
+#: where the training wrapper writes the peak CUDA memory (bytes) of the training process
+PEAK_CUDA_FILE_ENV = "NNUNET_EXT_PEAK_CUDA_FILE"
+_EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished subprocess: wall seconds, CPU seconds (user + system, its whole tree) and peak resident memory
+    (bytes, largest single process)."""
+    wall_s: float
+    cpu_s: float
+    peak_rss_bytes: int
+
+
+class StepFailed(RuntimeError):
+    """A command exited non-zero; the message names the command and its log."""
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (next to sys.executable), else whatever PATH finds."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def run_logged(command: Sequence[str], env: dict[str, str], log: Path) -> Finished:
+    """Run ``command`` with its output appended to ``log``; raise StepFailed on a non-zero exit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "a") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        process = subprocess.Popen(list(command), env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        raise StepFailed(f"{Path(command[0]).name} exited {process.returncode} after {wall:.0f} s; see {log}")
+    return Finished(wall, usage.ru_utime + usage.ru_stime, int(usage.ru_maxrss) * 1024)  # Linux: ru_maxrss in KiB
+
+
+def plan_and_preprocess(dataset_id: int, configuration: str, env: dict[str, str], log: Path,
+                        processes: int) -> None:
+    """nnU-Net's planning and preprocessing of one configuration (the planner needs nnUNet_n_proc_DA >= 1)."""
+    run_logged([tool("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", configuration,
+                "-np", str(processes), "-npfp", str(processes)], {**env, "nnUNet_n_proc_DA": "1"}, log)
+
+
+def preprocess(dataset_id: int, configuration: str, env: dict[str, str], log: Path, processes: int) -> None:
+    """nnU-Net's preprocessing of one more configuration of already planned plans."""
+    run_logged([tool("nnUNetv2_preprocess"), "-d", str(dataset_id), "-c", configuration, "-np", str(processes)],
+               env, log)
+
+
+def write_reduced_plans(plans_file: Path, feature_scale: float) -> str:
+    """Copy nnU-Net's plans with every configuration's features per stage scaled; returns the identifier.
+
+    Patch size, spacing and preprocessing are unchanged (same data identifier, so the preprocessed data is
+    shared); only the network width shrinks (e.g. 32..512 -> 16..256 with scale 0.5).
+    """
+    plans = json.loads(plans_file.read_text())
+    plans["plans_name"] = REDUCED_PLANS
+    for configuration in plans["configurations"].values():
+        kwargs = configuration.get("architecture", {}).get("arch_kwargs", {})
+        if "features_per_stage" in kwargs:
+            kwargs["features_per_stage"] = [max(4, int(round(f * feature_scale)))
+                                            for f in kwargs["features_per_stage"]]
+    (plans_file.parent / f"{REDUCED_PLANS}.json").write_text(json.dumps(plans, indent=2))
+    return REDUCED_PLANS
+
+
+def fold_folder(results: Path, dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
+    """Where nnU-Net writes fold 0 of ``trainer``."""
+    return results / dataset_name / f"{trainer}__{plans}__{configuration}" / "fold_0"
+
+
+def train(dataset_id: int, configuration: str, trainer: str, plans: str, device: str, env: dict[str, str],
+          log: Path, peak_cuda_file: Path) -> tuple[Finished, int | None]:
+    """``nnUNetv2_train ID CONF 0`` (fold 0). Returns (wall time and peak RSS, peak CUDA bytes or None).
+
+    On CUDA the same entry point runs through a wrapper that records ``torch.cuda.max_memory_allocated``."""
+    arguments = [str(dataset_id), configuration, "0", "-tr", trainer, "-p", plans, "-device", device]
+    if device == "cuda":
+        command = [sys.executable, "-m", "nnunet_ext.benchmarks._quality_train", *arguments]
+        env = {**env, PEAK_CUDA_FILE_ENV: str(peak_cuda_file)}
+    else:
+        command = [tool("nnUNetv2_train"), *arguments]
+    finished = run_logged(command, env, log)
+    peak_cuda = int(peak_cuda_file.read_text()) if device == "cuda" and peak_cuda_file.exists() else None
+    return finished, peak_cuda
+
+
+def predict(images: Path, output: Path, dataset_id: int, configuration: str, trainer: str, plans: str,
+            device: str, env: dict[str, str], log: Path, processes: int) -> Finished:
+    """``nnUNetv2_predict`` of ``images`` with fold 0's final checkpoint.
+
+    ``processes`` 1 predicts sequentially in the one process (``-npp 0 -nps 0``: no worker start-up)."""
+    processes = 0 if processes == 1 else processes
+    return run_logged([tool("nnUNetv2_predict"), "-i", str(images), "-o", str(output), "-d", str(dataset_id),
+                       "-c", configuration, "-tr", trainer, "-p", plans, "-f", "0", "-device", device,
+                       "-npp", str(processes), "-nps", str(processes)], env, log)
+
+
+def evaluate(reference: Path, prediction: Path, dataset_json: Path, output: Path, env: dict[str, str],
+             log: Path, processes: int) -> dict:
+    """``nnunet-ext evaluate``; returns the written summary (foreground_mean, mean, metric_per_case)."""
+    run_logged([tool("nnunet-ext"), "evaluate", str(reference), str(prediction), "-o", str(output),
+                "-djfile", str(dataset_json), "-np", str(processes)], env, log)
+    return json.loads(output.read_text())
+
+
+def epoch_times(fold: Path) -> list[float]:
+    """Every "Epoch time: X s" of the fold's training logs, in order."""
+    times: list[float] = []
+    for log in sorted(fold.glob("training_log_*.txt")):
+        times += [float(m) for m in _EPOCH_TIME.findall(log.read_text())]
+    return times
+
+
+def validation_reference(fold: Path, gt_segmentations: Path, file_ending: str, target: Path) -> Path:
+    """A folder of links to the references of fold 0's validation cases (those nnU-Net predicted)."""
+    target.mkdir(parents=True, exist_ok=True)
+    cases = sorted(p.name for p in (fold / "validation").iterdir() if p.name.endswith(file_ending))
+    if not cases:
+        raise StepFailed(f"no validation predictions ({file_ending}) in {fold / 'validation'}")
+    for name in cases:
+        link = target / name
+        if not link.exists():
+            link.symlink_to((gt_segmentations / name).resolve())
+    return target
