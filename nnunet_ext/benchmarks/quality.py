@@ -39,6 +39,7 @@ from nnunet_ext.benchmarks import _quality_runs as runs
 from nnunet_ext.benchmarks._quality_setup import (BUDGETS, Budget, Dataset, Schedule, generated_datasets,
                                                   parse_seeds, resolve_trainers, trainer_class, user_datasets)
 from nnunet_ext.benchmarks._report import cpu_name, package_version, print_header
+from nnunet_ext.synthetic import write_tubular_dataset
 
 BASELINE = "nnUNetTrainer"
 _PRINT_LOCK = threading.Lock()
@@ -188,32 +189,44 @@ def _up_to_date(dataset: Dataset, marker: Path, spec: dict) -> bool:
 def prepare_all(datasets: list[Dataset], budget: Budget, env: dict[str, str], workdir: Path) -> list[Dataset]:
     """Prepare each distinct dataset once (``budget.jobs`` at a time); the seeds of a user dataset share it."""
     distinct = list({(d.preprocessed_root, d.dataset_id): d for d in datasets}.values())
-    with ThreadPoolExecutor(budget.jobs) as pool:
+    for dataset in distinct:  # in this thread, one at a time: generation runs in-process (numpy, scikit-image,
+        # SimpleITK), and a first `make quality` from a fresh clone crashed (SIGSEGV) while two threads generated
+        if dataset.generated and not _up_to_date(dataset, *_preparation(dataset, budget)):
+            generate(dataset, budget)
+    with ThreadPoolExecutor(budget.jobs) as pool:  # planning and preprocessing are subprocesses
         prepared = list(pool.map(lambda d: prepare(d, budget, env, workdir), distinct))
     resolved = {(d.preprocessed_root, d.dataset_id): d for d in prepared}
     return [dataclasses.replace(d, configuration=resolved[(d.preprocessed_root, d.dataset_id)].configuration,
                                 dim=resolved[(d.preprocessed_root, d.dataset_id)].dim) for d in datasets]
 
 
-def prepare(dataset: Dataset, budget: Budget, env: dict[str, str], workdir: Path) -> Dataset:
-    """Generate (if generated), plan and preprocess once; write the reduced plans. Returns it resolved."""
-    from nnunet_ext.synthetic import write_tubular_dataset
-
+def _preparation(dataset: Dataset, budget: Budget) -> tuple[Path, dict]:
+    """(marker file, settings) of a dataset's preparation: it is up to date when the marker holds the settings."""
     marker = dataset.preprocessed_root / dataset.name / "quality_prepared.json"
     cases = budget.cases.get(dataset.dim)
     spec = {"size": budget.size.get(dataset.dim), "cases": list(cases) if cases else None, "seed": dataset.seed,
             "feature_scale": budget.feature_scale, "configuration": dataset.configuration}
+    return marker, spec
+
+
+def generate(dataset: Dataset, budget: Budget) -> None:
+    """Write a generated dataset afresh (its raw and preprocessed folders are replaced)."""
+    shutil.rmtree(dataset.raw, ignore_errors=True)
+    shutil.rmtree(dataset.preprocessed_root / dataset.name, ignore_errors=True)
+    n_train, n_test = budget.cases[dataset.dim]
+    write_tubular_dataset(dataset.dataset_id, dim=dataset.dim, n_train=n_train, n_test=n_test,
+                          shape=(budget.size[dataset.dim],) * dataset.dim, seed=dataset.seed,
+                          name=dataset.name.split("_", 1)[1], raw_root=str(dataset.raw_root))
+
+
+def prepare(dataset: Dataset, budget: Budget, env: dict[str, str], workdir: Path) -> Dataset:
+    """Plan and preprocess once (a generated dataset is written first by :func:`generate`); write the reduced
+    plans. Returns it resolved."""
+    marker, spec = _preparation(dataset, budget)
     log = workdir / "logs" / f"{dataset.name}_plan.log"
     env = {**env, **dataset.env()}
     if not _up_to_date(dataset, marker, spec):
         start = time.perf_counter()
-        if dataset.generated:
-            shutil.rmtree(dataset.raw, ignore_errors=True)
-            shutil.rmtree(dataset.preprocessed_root / dataset.name, ignore_errors=True)
-            n_train, n_test = budget.cases[dataset.dim]
-            write_tubular_dataset(dataset.dataset_id, dim=dataset.dim, n_train=n_train, n_test=n_test,
-                                  shape=(budget.size[dataset.dim],) * dataset.dim, seed=dataset.seed,
-                                  name=dataset.name.split("_", 1)[1], raw_root=str(dataset.raw_root))
         runs.plan_and_preprocess(dataset.dataset_id, dataset.configuration or "3d_fullres", env, log,
                                  budget.processes)
         configuration = _configuration_of(dataset)
