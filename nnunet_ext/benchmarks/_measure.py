@@ -11,9 +11,12 @@ import gc
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -42,6 +45,22 @@ def available_mib() -> float | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median_within_budget(call: Callable[[], float], repeats: int, budget_s: float) -> tuple[float, int]:
+    """(median seconds, calls timed) of a timing ``call``: one warm-up call, then as many calls as fit in
+    ``budget_s`` (at most ``repeats``); where none fits, the warm-up call's own time with 0 calls timed."""
+    first = call()
+    n = min(repeats, int(budget_s / max(first, 1e-9)))
+    times = [call() for _ in range(n)]
+    return (statistics.median(times) if times else first), n
 
 
 class PeakMeter:

@@ -36,6 +36,12 @@ def print_header(name: str, versions: str, lines: Sequence[str]) -> None:
     print("=" * 100)
 
 
+def native_thread_pools() -> str:
+    """The native thread pools threadpoolctl sees, e.g. 'openblas=2, openmp=2' ('none' if none)."""
+    from threadpoolctl import threadpool_info
+    return ", ".join(sorted({f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()})) or "none"
+
+
 def package_version(package: str) -> str:
     """Installed version of a distribution, '?' if it is not installed."""
     try:

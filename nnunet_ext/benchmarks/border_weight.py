@@ -27,16 +27,16 @@ import argparse
 import os
 import statistics
 import time
-from typing import Callable
 
 import random
 
 import cc3d
 import numpy as np
 import torch
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
-from nnunet_ext.benchmarks._report import package_version, print_header, table
+from nnunet_ext.benchmarks._measure import timed
+from nnunet_ext.benchmarks._report import native_thread_pools, package_version, print_header, table
 
 SHAPE = (128, 128, 128)
 #: objects -> radius range (voxels) of the balls
@@ -80,18 +80,13 @@ def random_balls(shape: tuple[int, ...], n: int, radius: tuple[float, float], se
     return seg
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f}"
 
 
 def _print_header(args: argparse.Namespace) -> None:
-    pools = ", ".join(sorted({f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()})) or "none"
+    pools = native_thread_pools()
     print_header("border_weight",
                  f"numpy {np.__version__}, scipy {package_version('scipy')}, "
                  f"cc3d {package_version('connected-components-3d')}",
@@ -116,8 +111,8 @@ def bench(objects: list[int], repeats: int, tolerance: float) -> bool:
         within &= ok
         t_fast, t_exact = [], []
         for _ in range(repeats):
-            t_fast.append(_timed(lambda: border_weight_map(seg, w0, sigma, tolerance=tolerance)))
-            t_exact.append(_timed(lambda: border_weight_map(seg, w0, sigma, exact=True)))
+            t_fast.append(timed(lambda: border_weight_map(seg, w0, sigma, tolerance=tolerance)))
+            t_exact.append(timed(lambda: border_weight_map(seg, w0, sigma, exact=True)))
         fast, exact = statistics.median(t_fast), statistics.median(t_exact)
         rows.append([f"{n} balls", found, f"{100 * (seg > 0).mean():.1f}", _ms(exact), _ms(fast),
                      f"{exact / fast:.1f}", f"{fast / exact:.3f}", f"{np.abs(diff).max():.2e}",
@@ -165,7 +160,7 @@ def bench_overhead(repeats: int) -> None:
                     _seeded(1000 * seed + draw)
                     sample = {"image": torch.from_numpy(image)[None], "segmentation": torch.from_numpy(
                         label.astype(np.int16))[None]}
-                    elapsed = _timed(lambda: pipeline(**sample))
+                    elapsed = timed(lambda: pipeline(**sample))
                     if draw:
                         times[name].append(elapsed)
         da, with_map = statistics.mean(times["plain"]), statistics.mean(times["weighted"])

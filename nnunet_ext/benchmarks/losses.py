@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 from nnunet_ext.benchmarks._measure import (CALIBRATION_MIB, PeakMeter, available_mib, calibration_worker,
-                                            run_worker)
+                                            median_within_budget, run_worker)
 from nnunet_ext.benchmarks._report import package_version, print_header, table
 
 METHODS = ("DC+CE", "DC+CE+SR", "clDice", "clDice-ref")
@@ -119,11 +118,8 @@ def _worker(spec_json: str) -> int:
         return 0
     # time: the first full call warms the allocator up; then as many calls as fit in the budget (at most
     # repeats). Where none fits, the first (cold) call's time is reported.
-    first = call()
-    repeats = min(spec["repeats"], int(spec["time_budget"] / max(first, 1e-9)))
-    times = [call() for _ in range(repeats)]
-    print("RESULT " + json.dumps({"time_s": statistics.median(times) if times else first, "n_timed": len(times),
-                                  "loss": values[0]}))
+    time_s, n_timed = median_within_budget(call, spec["repeats"], spec["time_budget"])
+    print("RESULT " + json.dumps({"time_s": time_s, "n_timed": n_timed, "loss": values[0]}))
     return 0
 
 

@@ -43,9 +43,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
-from nnunet_ext.benchmarks._report import package_version, print_header, table
+from nnunet_ext.benchmarks._measure import timed
+from nnunet_ext.benchmarks._report import native_thread_pools, package_version, print_header, table
 
 SECTIONS = ("tube", "transforms", "train")
 
@@ -59,11 +60,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
 
 def _median_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int,
                  warmup: int = 1) -> tuple[float, float]:
@@ -73,8 +69,8 @@ def _median_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats
         fn_b()
     times_a, times_b = [], []
     for _ in range(repeats):
-        times_a.append(_timed(fn_a))
-        times_b.append(_timed(fn_b))
+        times_a.append(timed(fn_a))
+        times_b.append(timed(fn_b))
     return statistics.median(times_a), statistics.median(times_b)
 
 
@@ -83,7 +79,7 @@ def _ms(seconds: float) -> str:
 
 
 def _print_header(args: argparse.Namespace) -> None:
-    pools = ", ".join(sorted({f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()})) or "none"
+    pools = native_thread_pools()
     print_header("skeleton_recall",
                  f"torch {torch.__version__}, numpy {np.__version__}, scikit-image {package_version('scikit-image')}, "
                  f"nnunetv2 {package_version('nnunetv2')}, batchgeneratorsv2 {package_version('batchgeneratorsv2')}, "

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from nnunet_ext.benchmarks._measure import CALIBRATION_MIB, PeakMeter, calibration_worker, run_worker
+from nnunet_ext.benchmarks._measure import (CALIBRATION_MIB, PeakMeter, calibration_worker, median_within_budget,
+                                            run_worker)
 from nnunet_ext.benchmarks._report import package_version, print_header, table
 
 _WORKER = "nnunet_ext.benchmarks.unetpp"
@@ -157,16 +157,15 @@ def _worker(spec_json: str) -> int:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    first = call()  # warm-up: kernels, allocator, and the gradient buffers (kept: memory counts activations)
     if spec["measure"] == "memory":
+        call()  # warm-up: kernels, allocator, and the gradient buffers (kept: memory counts activations)
         meter = PeakMeter(device)
         meter.start()
         call()
         print("RESULT " + json.dumps({"peak_mib": meter.stop(), "meter": meter.method}))
         return 0
-    repeats = min(spec["repeats"], int(spec["time_budget"] / max(first, 1e-9)))
-    times = [call() for _ in range(repeats)]
-    print("RESULT " + json.dumps({"time_s": statistics.median(times) if times else first}))
+    time_s, _ = median_within_budget(call, spec["repeats"], spec["time_budget"])
+    print("RESULT " + json.dumps({"time_s": time_s}))
     return 0
 
 
