@@ -61,6 +61,20 @@ def train(dataset_id: int, configuration: str, trainer: str, env: dict, plans: s
     run(["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-p", plans, "-device", "cpu"], env)
 
 
+def assert_trained(fold: Path, trainer: str) -> dict:
+    """The fold's final checkpoint names ``trainer`` and logged only finite training losses; returns it."""
+    import numpy as np
+    import torch
+    checkpoint = torch.load(Path(fold) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == trainer and np.isfinite(checkpoint["logging"]["train_losses"]).all()
+    return checkpoint
+
+
+def assert_predicted_every_case(out: Path, raw: Path) -> None:
+    """``out`` holds one .nii.gz prediction for every reference in ``raw/labelsTs``, and nothing else."""
+    assert sorted(p.name for p in Path(out).glob("*.nii.gz")) == sorted(p.name for p in (raw / "labelsTs").glob("*"))
+
+
 def predict(dataset_id: int, raw: Path, out: Path, configuration: str, trainer: str, env: dict,
             plans: str = "nnUNetPlans") -> None:
     """``nnUNetv2_predict`` of ``raw/imagesTs`` with fold 0 on the CPU into ``out``."""

@@ -11,7 +11,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_lo
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from cli_helpers import clean_env, plan_and_train, predict
+from cli_helpers import assert_predicted_every_case, assert_trained, clean_env, plan_and_train, predict
 from conftest import make_trainer
 from nnunet_ext.losses.border_weighted import BorderWeightedDiceCELoss
 from nnunet_ext.synthetic import separated_touching_pairs, touching_blobs_case, write_touching_blobs_dataset
@@ -124,9 +124,8 @@ def test_cli_train_and_predict_with_border_weights(nnunet_env, dim):
     env = clean_env(NNUNET_EXT_EPOCHS="1", NNUNET_EXT_ITERATIONS="2", NNUNET_EXT_VAL_ITERATIONS="1")
     trainer = "nnUNetTrainerBorderWeight_short"
     fold = plan_and_train(dataset_id, raw, configuration, trainer, env)
-    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert checkpoint["trainer_name"] == trainer and np.isfinite(checkpoint["logging"]["train_losses"]).all()
+    assert_trained(fold, trainer)
     assert json.loads((fold / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
     out = raw.parent / f"pred_border_{dim}d"
     predict(dataset_id, raw, out, configuration, trainer, env)
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in (raw / "labelsTs").glob("*"))
+    assert_predicted_every_case(out, raw)

@@ -10,7 +10,7 @@ import torch
 from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-from cli_helpers import clean_env, plan_and_train, predict
+from cli_helpers import assert_predicted_every_case, assert_trained, clean_env, plan_and_train, predict
 from conftest import load_example, make_trainer
 from nnunet_ext.losses.cldice import SoftClDiceLoss
 from nnunet_ext.losses.mixed import WeightedSumLoss
@@ -95,10 +95,9 @@ def test_cli_train_and_predict_with_cldice(nnunet_env, dim):
     env = clean_env(NNUNET_EXT_EPOCHS="1", NNUNET_EXT_ITERATIONS="2", NNUNET_EXT_VAL_ITERATIONS="1")
     trainer = "nnUNetTrainerClDice_short"
     fold = plan_and_train(dataset_id, raw, configuration, trainer, env)
-    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert checkpoint["trainer_name"] == trainer and np.isfinite(checkpoint["logging"]["train_losses"]).all()
+    assert_trained(fold, trainer)
     topology = json.loads((fold / "validation" / "summary_topology.json").read_text())
     assert ("Betti2_error" in topology["foreground_mean"]) == (dim == 3)
     out = raw.parent / f"pred_cldice_{dim}d"
     predict(dataset_id, raw, out, configuration, trainer, env)
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in (raw / "labelsTs").glob("*"))
+    assert_predicted_every_case(out, raw)

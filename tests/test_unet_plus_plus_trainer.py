@@ -12,7 +12,7 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 
-from cli_helpers import clean_env, fold_folder, plan, predict, run, train
+from cli_helpers import assert_predicted_every_case, assert_trained, clean_env, fold_folder, plan, predict, run, train
 from conftest import EXAMPLE_PLANS, make_trainer
 from nnunet_ext.architecture_mixins import build_unet_plus_plus
 from nnunet_ext.losses import SoftSkeletonRecallLoss
@@ -169,18 +169,14 @@ def test_plan_command_errors_name_the_fix(tmp_path):
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
-def _label_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.name.endswith(".nii.gz"))
-
-
 def _check_predictions(out: Path, raw: Path) -> list[np.ndarray]:
-    references = _label_files(raw / "labelsTs")
-    predictions = _label_files(out)
-    assert [p.name for p in predictions] == [r.name for r in references]
+    """Every held-out case predicted, with the reference's shape and only labels 0/1; returns the arrays."""
+    assert_predicted_every_case(out, raw)
     arrays = []
-    for p, r in zip(predictions, references):
-        pred, ref = sitk.GetArrayFromImage(sitk.ReadImage(str(p))), sitk.GetArrayFromImage(sitk.ReadImage(str(r)))
-        assert pred.shape == ref.shape and set(np.unique(pred)) <= {0, 1}
+    for reference in sorted((raw / "labelsTs").glob("*.nii.gz")):
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / reference.name)))
+        assert pred.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(reference))).shape
+        assert set(np.unique(pred)) <= {0, 1}
         arrays.append(pred)
     return arrays
 
@@ -193,8 +189,8 @@ def test_cli_2d_default_plans_train_predict_ensemble_and_pruned(nnunet_env):
     plan(951, "2d", env)
     train(951, "2d", trainer, env)
     fold = fold_folder(env["nnUNet_results"], raw, trainer, "2d")
-    assert (fold / "checkpoint_final.pth").is_file() and (fold / "validation" / "summary.json").is_file()
-    state = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+    assert (fold / "validation" / "summary.json").is_file()
+    state = assert_trained(fold, trainer)["network_weights"]
     assert any(k.startswith("decoder.blocks.x0_") for k in state)
     predict(951, raw, nnunet_env["nnUNet_results"] / "ensemble", "2d", trainer, env)
     ensemble = _check_predictions(nnunet_env["nnUNet_results"] / "ensemble", raw)
@@ -219,7 +215,7 @@ def test_cli_3d_unetpp_plans_with_skeleton_recall(nnunet_env):
     trainer = "nnUNetTrainerUNetPlusPlusSkelRecall_short"
     train(952, "3d_fullres", trainer, env, plans="nnUNetPlans_UNetPlusPlus")
     fold = fold_folder(env["nnUNet_results"], raw, trainer, "3d_fullres", plans="nnUNetPlans_UNetPlusPlus")
-    assert (fold / "checkpoint_final.pth").is_file()
+    assert_trained(fold, trainer)
     assert (fold / "validation" / "summary_topology.json").is_file()
     out = nnunet_env["nnUNet_results"] / "pred3d"
     predict(952, raw, out, "3d_fullres", trainer, env, plans="nnUNetPlans_UNetPlusPlus")
