@@ -1,41 +1,26 @@
-"""Running the real command-line tools as subprocesses."""
+"""Running the real command-line tools as subprocesses (through nnunet-ext's one runner)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from nnunet_ext.cli.nnunet_commands import Finished, run_command, start_command, tiny_cpu_env
 
 
 def clean_env(**extra: str) -> dict:
     """The environment a user has after ``pip install``: no nnUNet_extTrainer, tiny CPU settings."""
     env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_extTrainer", "NNUNET_EXT_NO_AUTOREGISTER")}
-    env.update({"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0", "nnUNet_compile": "f",
-                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    env.update(extra)
-    return env
+    return tiny_cpu_env(env, **extra)
 
 
-def _tool(name: str) -> str:
-    """A console script of this environment (the one pytest runs in), else whatever PATH finds."""
-    return str(BIN / name) if (BIN / name).exists() else name
-
-
-def start(command: list[str], env: dict) -> subprocess.Popen:
+def start(command: list[str], env: dict):
     """Start a command in the background, its output discarded."""
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return start_command(command, env)
 
 
-def run(command: list[str], env: dict, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+def run(command: list[str], env: dict, timeout: int = 600, check: bool = True) -> Finished:
     """Run a console script from this environment's bin folder; on failure show its output."""
-    result = subprocess.run([_tool(command[0]), *command[1:]], env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n--- stdout ---\n"
-                             f"{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}")
-    return result
+    return run_command(command, env, timeout=timeout, check=check)
 
 
 def plan(dataset_id: int, configuration: str, env: dict) -> None:

@@ -14,7 +14,7 @@ from cli_helpers import assert_predicted_every_case, assert_trained, clean_env, 
 from conftest import load_example, make_trainer
 from nnunet_ext.losses.cldice import SoftClDiceLoss
 from nnunet_ext.losses.mixed import WeightedSumLoss
-from nnunet_ext.synthetic import tubular_case, write_tubular_dataset
+from nnunet_ext.testing.synthetic import tubular_case, write_tubular_dataset
 from nnunet_ext.trainers import nnUNetTrainerClDice
 
 

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cli_helpers import _tool, clean_env, fold_folder, plan, predict, run, start
-from nnunet_ext.synthetic import write_tubular_dataset
+from cli_helpers import clean_env, fold_folder, plan, predict, run, start
+from nnunet_ext.testing.synthetic import write_tubular_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_plan_train_resume_validate_predict_find_best(nnunet_env, dim):
     # a real interruption: kill training once the epoch-1 checkpoint is written (``Epoch 2`` is logged after it)
     results = Path(nnunet_env["nnUNet_results"]) / raw.name
     fold = fold_folder(nnunet_env["nnUNet_results"], raw, TRAINER, configuration)
-    interrupted = start([_tool("nnUNetv2_train"), ds, configuration, "0", "-tr", TRAINER, "-device", "cpu"], env)
+    interrupted = start(["nnUNetv2_train", ds, configuration, "0", "-tr", TRAINER, "-device", "cpu"], env)
     try:
         _wait_for_log_line(fold, "Epoch 2", interrupted)
     finally:

@@ -9,7 +9,7 @@ import pytest
 
 from cli_helpers import clean_env, run
 from nnunet_ext._compat import require_nnunetv2
-from nnunet_ext.discovery import trainer_folder
+from nnunet_ext.trainers.discovery import trainer_folder
 
 LOOKUP_AND_PICKLE = r"""
 import multiprocessing as mp, os, sys
@@ -18,8 +18,8 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 def describe(cls):
     return cls.__module__ + "." + cls.__qualname__, cls.skeleton_recall_weight
 
-def tube_sum(transform, seg):
-    return int(transform.tubes(seg).sum())
+def tube_middle_sum(transform, seg):
+    return int(transform.tubes(seg)[0, 8:13, 4:15].sum())
 
 if __name__ == "__main__":
     import numpy as np
@@ -29,7 +29,7 @@ if __name__ == "__main__":
     for method in ("spawn", "forkserver"):
         with mp.get_context(method).Pool(1) as pool:
             name, weight = pool.apply(describe, (cls,))
-            total = pool.apply(tube_sum, (SkeletonTubeTransform(), seg))
+            total = pool.apply(tube_middle_sum, (SkeletonTubeTransform(), seg))
         print(method, name, weight, total)
 """
 
@@ -42,18 +42,14 @@ def _lookup(trainer: str, env: dict, tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_startup_hook_registers_folder_and_classes_pickle_under_spawn_and_forkserver(tmp_path):
-    import numpy as np
-    from nnunet_ext.skeleton import tubed_skeleton
     result = _lookup("nnUNetTrainerSkelRecall_w0p1", clean_env(), tmp_path)
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in result.stdout.splitlines() if line.startswith(("spawn", "forkserver"))]
     # the class that crosses the process boundary is the installed one (not a copy from the scanned folder),
-    # and a transform computed in the worker gives the same tube as here
-    seg = np.zeros((20, 20), np.int16)
-    seg[8:13, 2:18] = 1
-    expected = str(int(tubed_skeleton(seg).sum()))
-    assert lines == [["spawn", "nnunet_ext.trainers.nnUNetTrainerSkelRecall_w0p1", "0.1", expected],
-                     ["forkserver", "nnunet_ext.trainers.nnUNetTrainerSkelRecall_w0p1", "0.1", expected]]
+    # and the transform works in the worker: the tube of a 5-pixel bar covers its middle 5 x 11 pixels
+    expected = str(5 * 11)
+    name = "nnunet_ext.trainers.generated.nnUNetTrainerSkelRecall_w0p1"
+    assert lines == [["spawn", name, "0.1", expected], ["forkserver", name, "0.1", expected]]
 
 
 def test_opt_out_then_documented_export_line_works(tmp_path):
@@ -66,11 +62,12 @@ def test_opt_out_then_documented_export_line_works(tmp_path):
     assert found.returncode == 0, found.stderr
 
 
-def test_unknown_trainer_name_fails_with_nnunets_message():
-    result = run(["nnUNetv2_train", "1", "2d", "0", "-tr", "nnUNetTrainerNoSuchThing", "-device", "cpu"],
-                 clean_env(nnUNet_preprocessed="/nonexistent", nnUNet_results="/nonexistent",
-                           nnUNet_raw="/nonexistent"), check=False)
+def test_unknown_trainer_name_fails_with_nnunets_message(tmp_path):
+    result = _lookup("nnUNetTrainerNoSuchThing", clean_env(), tmp_path)
     assert result.returncode != 0
+    # nnU-Net's lookup searched its own trainers and ours (the folder the start-up hook registered)
+    assert "Could not find requested nnunet trainer nnUNetTrainerNoSuchThing" in result.stderr
+    assert trainer_folder() in result.stderr
 
 
 @pytest.mark.parametrize("version,ok", [("2.8.0", True), ("2.8.1", True), ("2.10", True), ("3.0", True),

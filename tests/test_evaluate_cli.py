@@ -15,7 +15,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from nnunet_ext.evaluation.folders import evaluate_folders
-from nnunet_ext.synthetic import tubular_case
+from nnunet_ext.testing.synthetic import tubular_case
 
 NNUNET_EXT = Path(sys.executable).parent / "nnunet-ext"
 METRICS_2D = {"Dice", "clDice", "Betti0_error", "Betti1_error"}

@@ -11,9 +11,9 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from conftest import make_trainer
+from tube_expectations import assert_bar_tube, bars
 from nnunet_ext.losses import SoftSkeletonRecallLoss
-from nnunet_ext.skeleton import tubed_skeleton
-from nnunet_ext.synthetic import tubular_case
+from nnunet_ext.testing.synthetic import tubular_case
 from nnunet_ext.trainers import nnUNetTrainerSkelRecall, nnUNetTrainerSkelRecall_w0p1
 from nnunet_ext.transforms import ConvertSegmentationToRegionsKeepingExtraChannels, SkeletonTubeTransform
 
@@ -29,15 +29,19 @@ def _sample(dim: int, n_classes: int = 2, seed: int = 0, ignore_label: int | Non
     return {"image": torch.from_numpy(image)[None], "segmentation": torch.from_numpy(label)[None]}
 
 
+def _bar_sample(seg: np.ndarray) -> dict:
+    return {"image": torch.zeros((1, *seg.shape)), "segmentation": torch.from_numpy(seg.copy())[None]}
+
+
 def _validation_pipeline(dim, regions=None, ignore_label=None):
-    return nnUNetTrainerSkelRecall.get_validation_transforms(
+    return make_trainer(nnUNetTrainerSkelRecall, dim).get_validation_transforms(
         SCALES[dim], is_cascaded=False, foreground_labels=[1, 2], regions=regions, ignore_label=ignore_label)
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_tube_is_inserted_before_region_conversion_and_downsampling(dim):
+def test_tube_is_inserted_before_region_conversion_and_downsampling(nnunet_env, dim):
     patch = SHAPES[dim]
-    pipeline = nnUNetTrainerSkelRecall.get_training_transforms(
+    pipeline = make_trainer(nnUNetTrainerSkelRecall, dim).get_training_transforms(
         patch, ((-0.5, 0.5),) * (1 if dim == 2 else 3), SCALES[dim], tuple(range(dim)), False,
         use_mask_for_norm=[False], is_cascaded=False, foreground_labels=[1, 2], regions=[[1, 2], [2]],
         ignore_label=None)
@@ -59,7 +63,7 @@ def test_tube_is_inserted_before_region_conversion_and_downsampling(dim):
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_label_mode_gives_a_tube_for_every_deep_supervision_scale(dim):
+def test_label_mode_gives_a_tube_for_every_deep_supervision_scale(nnunet_env, dim):
     sample = _sample(dim)
     seg = sample["segmentation"][0].numpy().copy()
     out = _validation_pipeline(dim)(**sample)["segmentation"]
@@ -72,16 +76,19 @@ def test_label_mode_gives_a_tube_for_every_deep_supervision_scale(dim):
         inside = target[1] > 0
         assert torch.equal(target[1][inside], target[0][inside])
     assert np.array_equal(out[0][0].numpy(), seg)
-    assert np.array_equal(out[0][1].numpy(), tubed_skeleton(seg))
+    # on hand-built bars of two classes the full-resolution tube is known
+    bar_seg, middles = bars(dim, values=(1, 2))
+    tube = _validation_pipeline(dim)(**_bar_sample(bar_seg))["segmentation"][0][1].numpy()
+    assert_bar_tube(tube, bar_seg, middles)
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_region_mode_with_ignore_label_keeps_one_tube_per_region(dim):
+def test_region_mode_with_ignore_label_keeps_one_tube_per_region(nnunet_env, dim):
     ignore = 3
-    sample = _sample(dim, ignore_label=ignore)
-    seg = sample["segmentation"][0].numpy().copy()
+    seg, middles = bars(dim, values=(1, 2))
+    seg[(0,) * dim] = ignore  # one ignored voxel in a corner, away from the bars
     regions = [[1, 2], [2]]
-    out = _validation_pipeline(dim, regions=regions, ignore_label=ignore)(**sample)["segmentation"]
+    out = _validation_pipeline(dim, regions=regions, ignore_label=ignore)(**_bar_sample(seg))["segmentation"]
     full = out[0]
     # channels: region 1, region 2, ignore mask (nnU-Net's layout), then one tube per region
     assert full.shape[0] == 5 and full.dtype == torch.bool
@@ -89,20 +96,25 @@ def test_region_mode_with_ignore_label_keeps_one_tube_per_region(dim):
     for r, labels in enumerate(regions):
         region_mask = np.isin(seg, labels)
         assert np.array_equal(full[r].numpy(), region_mask)
-        expected_tube = tubed_skeleton(region_mask.astype(np.uint8)) > 0
-        assert np.array_equal(full[3 + r].numpy(), expected_tube)
+        # region 1 holds both bars, region 2 only the second: its tube is 0/1 over exactly those bars
+        in_region = [m for m, value in zip(middles, (1, 2)) if value in labels]
+        assert_bar_tube(full[3 + r].numpy().astype(np.int16), region_mask.astype(np.int16), in_region)
         assert not full[3 + r][full[2]].any()  # nothing under the ignore label
     assert all(t.shape[0] == 5 for t in out)
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_ignore_label_is_background_for_the_tube(dim):
+def test_ignore_label_is_background_for_the_tube(nnunet_env, dim):
     ignore = 3
-    sample = _sample(dim, ignore_label=ignore)
-    seg = sample["segmentation"][0].numpy().copy()
-    tube = _validation_pipeline(dim, ignore_label=ignore)(**sample)["segmentation"][0][1].numpy()
-    assert np.array_equal(tube, tubed_skeleton(seg, ignore_label=ignore))
-    assert not tube[seg == ignore].any()
+    seg, middles = bars(dim)
+    extended = seg.copy()
+    extended[..., 18:] = np.where(seg[..., 17:18] > 0, ignore, 0)  # the bar continues as ignored voxels
+    tube = _validation_pipeline(dim, ignore_label=ignore)(**_bar_sample(extended))["segmentation"][0][1].numpy()
+    assert not tube[extended == ignore].any()
+    # as if the ignored voxels were background: the tube of the bar alone
+    assert_bar_tube(tube, seg, middles)
+    plain = _validation_pipeline(dim, ignore_label=ignore)(**_bar_sample(seg))["segmentation"][0][1].numpy()
+    assert np.array_equal(tube, plain)
 
 
 def _outputs_and_targets(dim: int, n_out: int, seed: int = 0):

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from cli_helpers import clean_env, run
 from conftest import EXAMPLE_PLANS
-from nnunet_ext import registry
+from nnunet_ext.trainers import registry
 from nnunet_ext.benchmarks import BENCHMARKS, quality
 from nnunet_ext.benchmarks import _quality_report as report
 from nnunet_ext.benchmarks import _quality_runs as runs
@@ -94,7 +94,7 @@ def test_default_trainers_follow_the_registry(monkeypatch):
     names = setup.default_trainers()
     assert names[:3] == ["nnUNetTrainer", "nnUNetTrainerSkelRecall", "nnUNetTrainerClDice"]
     assert names[3:] == [registry.trainer_name(a) for a in registry.ARCHITECTURES if a]
-    monkeypatch.setitem(registry.ARCHITECTURES, "FakeNet", registry.Component("FakeNet", None, "test"))
+    monkeypatch.setitem(registry.ARCHITECTURES, "FakeNet", registry.Architecture("FakeNet", "test", network="x.Y"))
     assert setup.default_trainers()[-1] == "nnUNetTrainerFakeNet"
 
 

@@ -1,4 +1,4 @@
-"""Tubed skeletons (nnunet_ext.skeleton): hand-computed cases, fast == reference, bad input, properties.
+"""Tubed skeletons (nnunet_ext.core.skeleton): hand-computed cases, fast == reference, bad input, properties.
 
 The hand-computed expectations below never call the package: the skeleton points are written out
 explicitly (they are what scikit-image's thinning gives; each test also asserts that, so a change in
@@ -17,9 +17,9 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-import nnunet_ext.skeleton as skeleton_module
-from nnunet_ext.skeleton import diamond_offsets, tubed_skeleton, tubed_skeleton_reference
-from nnunet_ext.synthetic import tubular_case
+import nnunet_ext.core.skeleton as skeleton_module
+from nnunet_ext.core.skeleton import diamond_offsets, tubed_skeleton, tubed_skeleton_reference
+from nnunet_ext.testing.synthetic import tubular_case
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -9,21 +9,23 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 
 from cli_helpers import assert_predicted_every_case, assert_trained, clean_env, fold_folder, plan, predict, run, train
-from conftest import EXAMPLE_PLANS, make_trainer
-from nnunet_ext.architecture_mixins import build_unet_plus_plus
+from conftest import make_trainer
+from tube_expectations import assert_bar_tube, bars
+from nnunet_ext.errors import UserInputError
 from nnunet_ext.losses import SoftSkeletonRecallLoss
-from nnunet_ext.losses.auxiliary import AuxiliaryTermLoss
+from nnunet_ext.losses.extra_target import AuxiliaryTermLoss
 from nnunet_ext.losses.deep_supervision import FullResolutionDeepSupervision
 from nnunet_ext.losses.mixed import WeightedSumLoss
-from nnunet_ext.networks import INFERENCE_HEAD_ENV, UNetPlusPlus
-from nnunet_ext.registry import ARCHITECTURES, LOSSES, trainer_name
-from nnunet_ext.skeleton import tubed_skeleton
-from nnunet_ext.synthetic import tubular_case, write_tubular_dataset
+from nnunet_ext.networks import UNetPlusPlus
+from nnunet_ext.testing.synthetic import tubular_case, write_tubular_dataset
 from nnunet_ext import trainers
+from nnunet_ext.trainers.architecture import RegisteredArchitectureMixin
+from nnunet_ext.trainers.registry import ARCHITECTURES, LOSSES, trainer_name
+
+INFERENCE_HEAD_ENV = ARCHITECTURES["UNetPlusPlus"].inference_options["inference_head"]
 
 
 def _dcce(batch_dice: bool) -> DC_and_CE_loss:
@@ -36,9 +38,7 @@ def test_every_loss_has_a_unetpp_trainer_following_the_naming_rule(loss):
     name = trainer_name("UNetPlusPlus", loss)
     assert name == f"nnUNetTrainerUNetPlusPlus{loss}"
     cls = getattr(trainers, name)
-    assert ARCHITECTURES["UNetPlusPlus"].mixin in cls.__mro__
-    if LOSSES[loss].mixin is not None:
-        assert LOSSES[loss].mixin in cls.__mro__
+    assert issubclass(cls, RegisteredArchitectureMixin) and cls.architecture == "UNetPlusPlus"
     assert getattr(trainers, name + "_short").__mro__[1:].count(cls) == 1
 
 
@@ -86,11 +86,13 @@ def test_skeleton_recall_combination_one_full_resolution_target_for_every_output
     scales = trainer._get_deep_supervision_scales()
     pipeline = trainer.get_validation_transforms(scales, is_cascaded=False, foreground_labels=[1],
                                                  regions=None, ignore_label=None)
+    bar_seg, middles = bars(dim)
+    bar_targets = pipeline(image=torch.zeros((1, *bar_seg.shape)), segmentation=torch.from_numpy(bar_seg)[None])
+    assert_bar_tube(bar_targets["segmentation"][0][1].numpy(), bar_seg, middles)  # the tube, at full resolution
     image, label = tubular_case(shape, seed=2)
     sample = pipeline(image=torch.from_numpy(image)[None], segmentation=torch.from_numpy(label.astype(np.int16))[None])
     targets = sample["segmentation"]
     assert isinstance(targets, list) and len(targets) == 1 and targets[0].shape == (2, *shape)  # label + tube
-    np.testing.assert_array_equal(targets[0][1].numpy(), tubed_skeleton(label))
 
     loss = trainer._build_loss()
     assert isinstance(loss, FullResolutionDeepSupervision) and isinstance(loss.loss, AuxiliaryTermLoss)
@@ -126,37 +128,45 @@ def test_output_count_mismatch_is_an_error_not_a_truncation():
         FullResolutionDeepSupervision(_dcce(False), (1.0, 0.0))
 
 
-def test_residual_encoder_plans_are_rejected_with_the_fix():
-    with pytest.raises(ValueError, match="nnunet-ext plan -d DATASET --arch unetpp"):
-        build_unet_plus_plus("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet", {}, (), 1, 2,
-                             True)
+def test_residual_encoder_plans_are_rejected_with_the_fix(nnunet_env):
+    trainer = make_trainer(trainers.nnUNetTrainerUNetPlusPlus, 2)
+    configuration = trainer.configuration_manager.configuration
+    configuration["architecture"]["network_class_name"] = \
+        "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    with pytest.raises(UserInputError, match="nnunet-ext plan -d DATASET --arch unetpp"):
+        trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 2, True)
 
 
-def _estimate(configuration: dict, patch_size, n_labels: int) -> int:
-    arch = configuration["architecture"]
-    return ExperimentPlanner.static_estimate_VRAM_usage(tuple(patch_size), 1, n_labels, arch["network_class_name"],
-                                                        arch["arch_kwargs"], arch["_kw_requires_import"])
+@pytest.mark.slow
+def test_unetpp_planner_fits_the_same_vram_target_as_nnunets(nnunet_env):
+    """nnU-Net's planner and ours on the same dataset and (small) VRAM target: UNet++ plans take less data per
+    step and satisfy nnU-Net's own criterion; with clDice counted on every head they take no more."""
+    raw = Path(write_tubular_dataset(953, dim=3, n_train=3, n_test=0, shape=(64, 64, 64), seed=1))
+    env = clean_env(nnUNet_n_proc_DA="1")
+    run(["nnUNetv2_extract_fingerprint", "-d", "953", "-np", "1"], env)
+    run(["nnUNetv2_plan_experiment", "-d", "953", "-gpu_memory_target", "1"], env)
+    run(["nnunet-ext", "plan", "-d", "953", "--arch", "unetpp", "-gpu_memory_target", "1"], env)
+    run(["nnunet-ext", "plan", "-d", "953", "--arch", "unetpp", "--loss", "ClDice", "-gpu_memory_target", "1"], env)
+    folder = nnunet_env["nnUNet_preprocessed"] / raw.name
 
+    def configuration(plans: str, name: str = "3d_fullres") -> dict:
+        return json.loads((folder / f"{plans}.json").read_text())["configurations"][name]
 
-@pytest.mark.parametrize("configuration,reference,reference_batch", [("3d_fullres", 560e6, 2), ("2d", 85e6, 12)])
-def test_example_unetpp_plans_fit_the_default_vram_target(configuration, reference, reference_batch):
-    plain = json.loads((EXAMPLE_PLANS / "TubesLarge3D_nnUNetPlans.json").read_text())["configurations"][configuration]
-    nested = json.loads((EXAMPLE_PLANS / "TubesLarge3D_nnUNetPlans_UNetPlusPlus.json").read_text())[
-        "configurations"][configuration]
-    assert nested["architecture"]["network_class_name"] == "nnunet_ext.networks.unet_plus_plus.UNetPlusPlus"
-    assert nested["data_identifier"] == f"nnUNetPlans_UNetPlusPlus_{configuration}"
-    n_labels = 2
-    per_sample = _estimate(nested, nested["patch_size"], n_labels)
-    # nnU-Net's criterion (estimate / reference batch * 2 <= reference at the 8 GB target), and the batch it derives
-    assert per_sample / reference_batch * 2 <= reference
-    assert nested["batch_size"] <= max(2, round(reference / per_sample * reference_batch))
-    plain_size = int(np.prod(plain["patch_size"])) * plain["batch_size"]
-    nested_size = int(np.prod(nested["patch_size"])) * nested["batch_size"]
-    assert nested_size < plain_size  # the nested decoder gets less data per step on the same VRAM
-    if nested["patch_size"] != plain["patch_size"]:  # the patch was shrunk because the default one does not fit
-        nested_at_default = {**nested, "architecture": {**nested["architecture"], "arch_kwargs": plain[
-            "architecture"]["arch_kwargs"]}}
-        assert _estimate(nested_at_default, plain["patch_size"], n_labels) / reference_batch * 2 > reference
+    for name in ("3d_fullres", "2d"):
+        plain, nested = configuration("nnUNetPlans", name), configuration("nnUNetPlans_UNetPlusPlus", name)
+        with_cldice = configuration("nnUNetPlans_UNetPlusPlusClDice", name)
+        assert nested["architecture"]["network_class_name"] == "nnunet_ext.networks.unet_plus_plus.UNetPlusPlus"
+        volume = {key: int(np.prod(c["patch_size"])) * c["batch_size"]
+                  for key, c in (("plain", plain), ("nested", nested), ("cldice", with_cldice))}
+        assert volume["nested"] < volume["plain"]  # the nested decoder gets less data per step on the same VRAM
+        assert volume["cldice"] < volume["nested"]  # clDice's stored skeletons on every head are counted
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    fullres = configuration("nnUNetPlans_UNetPlusPlus")
+    arch = fullres["architecture"]
+    estimate = ExperimentPlanner.static_estimate_VRAM_usage(tuple(fullres["patch_size"]), 1, 2,
+                                                            arch["network_class_name"], arch["arch_kwargs"],
+                                                            arch["_kw_requires_import"])
+    assert estimate <= 560e6 / 8  # nnU-Net's criterion at 1 GB: estimate / 2 * 2 <= reference (560e6 at 8 GB)
 
 
 def test_plan_command_errors_name_the_fix(tmp_path):
@@ -165,7 +175,7 @@ def test_plan_command_errors_name_the_fix(tmp_path):
     env["nnUNet_raw"] = str(tmp_path)
     result = run(["nnunet-ext", "plan", "-d", "5"], env, check=False)
     assert result.returncode == 1 and "nnUNet_preprocessed not set" in result.stderr
-    result = run(["nnunet-ext", "plan", "-d", "5", "--arch", "glnet"], env, check=False)
+    result = run(["nnunet-ext", "plan", "-d", "5", "--arch", "nope"], env, check=False)
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
@@ -194,13 +204,29 @@ def test_cli_2d_default_plans_train_predict_ensemble_and_pruned(nnunet_env):
     assert any(k.startswith("decoder.blocks.x0_") for k in state)
     predict(951, raw, nnunet_env["nnUNet_results"] / "ensemble", "2d", trainer, env)
     ensemble = _check_predictions(nnunet_env["nnUNet_results"] / "ensemble", raw)
-    predict(951, raw, nnunet_env["nnUNet_results"] / "pruned", "2d", trainer, {**env, INFERENCE_HEAD_ENV: "1"})
-    pruned = _check_predictions(nnunet_env["nnUNet_results"] / "pruned", raw)
+    pruned_folder = nnunet_env["nnUNet_results"] / "pruned"
+    predict(951, raw, pruned_folder, "2d", trainer, {**env, INFERENCE_HEAD_ENV: "1"})
+    pruned = _check_predictions(pruned_folder, raw)
     assert len(pruned) == len(ensemble)
+    # the variable chose head 1: the same as nnU-Net's predictor in this process with the head set on the network
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=torch.device("cpu"),
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(fold.parent), use_folds=(0,),
+                                                   checkpoint_name="checkpoint_final.pth")
+    predictor.network.inference_head = 1
+    image = sorted((raw / "imagesTs").glob("*.nii.gz"))[0]
+    in_process = predictor.predict_from_files([[str(image)]], None, save_probabilities=False, overwrite=True,
+                                              num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    np.testing.assert_array_equal(np.squeeze(in_process[0]), np.squeeze(pruned[0]))
     bad = run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(nnunet_env["nnUNet_results"] / "bad"),
                "-d", "951", "-c", "2d", "-tr", trainer, "-f", "0", "-device", "cpu"],
               {**env, INFERENCE_HEAD_ENV: "99"}, check=False)
-    assert bad.returncode != 0 and INFERENCE_HEAD_ENV in bad.stderr
+    assert bad.returncode != 0 and INFERENCE_HEAD_ENV in bad.stderr and "Traceback" not in bad.stderr
+    # a leftover export must not change training: it is refused with the fix
+    refused = run(["nnUNetv2_train", "951", "2d", "1", "-tr", trainer, "-device", "cpu"],
+                  {**env, INFERENCE_HEAD_ENV: "1"}, check=False)
+    assert refused.returncode == 1 and f"unset {INFERENCE_HEAD_ENV}" in refused.stderr
 
 
 @pytest.mark.slow

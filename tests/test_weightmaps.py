@@ -8,7 +8,7 @@ import cc3d
 import numpy as np
 import pytest
 
-from nnunet_ext.weightmaps import (border_margin, border_weight_map, class_balance_weights,
+from nnunet_ext.core.weightmaps import (border_margin, border_weight_map, class_balance_weights,
                                    two_nearest_distances)
 
 

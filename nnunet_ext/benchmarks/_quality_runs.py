@@ -6,14 +6,12 @@ training also reports its peak resident memory (``os.wait4``) and, on CUDA, its 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from nnunet_ext.cli.nnunet_commands import CommandFailed, Finished, console_script as tool, run_command
 
 #: plans identifier of the CPU budget's reduced plans (written next to nnU-Net's nnUNetPlans.json)
 REDUCED_PLANS = "nnUNetPlans_cpu"
@@ -22,39 +20,16 @@ PEAK_CUDA_FILE_ENV = "NNUNET_EXT_PEAK_CUDA_FILE"
 _EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
 
 
-@dataclass(frozen=True)
-class Finished:
-    """A finished subprocess: wall seconds, CPU seconds (user + system, its whole tree) and peak resident memory
-    (bytes, largest single process)."""
-    wall_s: float
-    cpu_s: float
-    peak_rss_bytes: int
-
-
 class StepFailed(RuntimeError):
     """A command exited non-zero; the message names the command and its log."""
 
 
-def tool(name: str) -> str:
-    """A console script of this environment (next to sys.executable), else whatever PATH finds."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
-
-
 def run_logged(command: Sequence[str], env: dict[str, str], log: Path) -> Finished:
     """Run ``command`` with its output appended to ``log``; raise StepFailed on a non-zero exit."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "a") as out:
-        out.write(f"$ {' '.join(command)}\n")
-        out.flush()
-        process = subprocess.Popen(list(command), env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if process.returncode != 0:
-        raise StepFailed(f"{Path(command[0]).name} exited {process.returncode} after {wall:.0f} s; see {log}")
-    return Finished(wall, usage.ru_utime + usage.ru_stime, int(usage.ru_maxrss) * 1024)  # Linux: ru_maxrss in KiB
+    try:
+        return run_command(command, env, log=log)
+    except CommandFailed as failed:
+        raise StepFailed(str(failed)) from None
 
 
 def plan_and_preprocess(dataset_id: int, configuration: str, env: dict[str, str], log: Path,

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nnunet_ext.registry import ARCHITECTURES, LOSSES, trainer_name
+from nnunet_ext.trainers.registry import ARCHITECTURES, trainer_name, trainer_specs
 
 SHORT = "_short"
 #: generated datasets: id = GENERATED_ID_BASE[dim] + seed (they live in the benchmark's own nnUNet_raw)
@@ -75,13 +75,8 @@ def default_trainers() -> list[str]:
 
 
 def known_trainers() -> list[str]:
-    """Every full-schedule trainer name the registry defines (variants included)."""
-    names = []
-    for architecture in ARCHITECTURES:
-        for loss, component in LOSSES.items():
-            names.append(trainer_name(architecture, loss))
-            names += [trainer_name(architecture, loss, variant) for variant in component.variants]
-    return names
+    """Every full-schedule trainer name the registry defines (variants included), nnUNetTrainer first."""
+    return [trainer_name()] + [spec.name for spec in trainer_specs() if not spec.short]
 
 
 def resolve_trainers(requested: list[str] | None) -> list[str]:

@@ -1,6 +1,6 @@
 """U-Net border weight map benchmark: ``nnunet-ext benchmark border_weight [--repeats N] [--quick] [--tolerance T]``.
 
-Time of :func:`~nnunet_ext.weightmaps.border_weight_map` (fast path: each object's distance transform on its
+Time of :func:`~nnunet_ext.core.weightmaps.border_weight_map` (fast path: each object's distance transform on its
 bounding box grown by the margin where the border term can still exceed ``tolerance``) vs the same function
 with ``exact=True`` (one full-image distance transform per object), measured in the same run on the same
 3D 128³ label maps with 5, 27 and 64 objects (random balls of two classes, non-overlapping, about a quarter
@@ -97,7 +97,7 @@ def _print_header(args: argparse.Namespace) -> None:
 
 def bench(objects: list[int], repeats: int, tolerance: float) -> bool:
     """Prints the table; returns whether every fast map is within ``tolerance`` of the exact one."""
-    from nnunet_ext.weightmaps import border_margin, border_weight_map
+    from nnunet_ext.core.weightmaps import border_margin, border_weight_map
 
     w0, sigma = 10.0, 5.0
     rows, within = [], True
@@ -139,7 +139,7 @@ def bench_overhead(repeats: int) -> None:
     """Per-sample time of nnU-Net's default training transforms with and without the border weight map."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_ext.synthetic import touching_blobs_case
+    from nnunet_ext.testing.synthetic import touching_blobs_case
     from nnunet_ext.trainers import nnUNetTrainerBorderWeight
 
     torch.set_num_threads(1)
@@ -174,25 +174,22 @@ def bench_overhead(repeats: int) -> None:
 def bench_separation(epochs: int, iterations: int) -> None:
     """Short CPU training of nnUNetTrainer_short vs nnUNetTrainerBorderWeight_short on touching blobs."""
     import shutil
-    import subprocess
-    import sys
     import tempfile
     from pathlib import Path
 
     import SimpleITK as sitk
 
-    from nnunet_ext.synthetic import separated_touching_pairs, write_touching_blobs_dataset
+    from nnunet_ext.cli.nnunet_commands import run_command
+
+    from nnunet_ext.testing.synthetic import separated_touching_pairs, write_touching_blobs_dataset
 
     work = Path(tempfile.mkdtemp(prefix="nnunet_ext_border_"))
     env = {**os.environ, "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "pre"),
            "nnUNet_results": str(work / "res"), "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1",
            "nnUNet_compile": "f", "NNUNET_EXT_EPOCHS": str(epochs), "NNUNET_EXT_ITERATIONS": str(iterations),
            "NNUNET_EXT_VAL_ITERATIONS": "2"}
-    tool = lambda name: str(Path(sys.executable).parent / name)  # noqa: E731
-
     def call(*command: str) -> None:
-        subprocess.run([tool(command[0]), *command[1:]], env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.STDOUT)
+        run_command(command, env)
 
     try:
         raw = Path(write_touching_blobs_dataset(987, dim=2, n_train=16, n_test=6, shape=(96, 96), seed=0,

@@ -12,8 +12,8 @@ Loss forward + backward time and peak memory on 3D patches (default batch 2 x 64
   straightforward soft skeleton (autograd keeps every intermediate; ~1 GB per class at 2 x 64³). Skipped, and
   said so, where its extrapolated peak exceeds ``--max-reference-gb`` (default 16) or 80 % of the free memory.
 
-Inputs: label maps from :func:`~nnunet_ext.synthetic.tubular_case` (one tube per class at least), logits =
-``4 * one_hot + N(0, 1)``, tubes from :func:`~nnunet_ext.skeleton.tubed_skeleton`. The baseline is DC+CE
+Inputs: label maps from :func:`~nnunet_ext.testing.synthetic.tubular_case` (one tube per class at least), logits =
+``4 * one_hot + N(0, 1)``, tubes from :func:`~nnunet_ext.core.skeleton.tubed_skeleton`. The baseline is DC+CE
 measured in the same run on the same inputs; every ratio is against it.
 
 Each (classes, loss) pair is measured by two fresh Python subprocesses, single-threaded (torch 1 thread,
@@ -131,8 +131,8 @@ def _run_worker(spec: dict) -> dict:
 
 def _make_inputs(n_classes: int, batch: int, size: int, seed: int) -> dict[str, torch.Tensor]:
     """logits (B, n_classes + 1, size³) float32, seg (B, 1, size³) int16, tube (B, 1, size³) int16."""
-    from nnunet_ext.skeleton import tubed_skeleton
-    from nnunet_ext.synthetic import TubeStyle, tubular_case
+    from nnunet_ext.core.skeleton import tubed_skeleton
+    from nnunet_ext.testing.synthetic import TubeStyle, tubular_case
 
     style = TubeStyle(n_tubes=max(5, n_classes))  # every class gets a tube
     segs = [tubular_case((size,) * 3, n_classes, seed=seed + b, style=style)[1].astype(np.int16)

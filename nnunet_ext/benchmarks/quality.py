@@ -39,7 +39,7 @@ from nnunet_ext.benchmarks import _quality_runs as runs
 from nnunet_ext.benchmarks._quality_setup import (BUDGETS, Budget, Dataset, Schedule, generated_datasets,
                                                   parse_seeds, resolve_trainers, trainer_class, user_datasets)
 from nnunet_ext.benchmarks._report import cpu_name, package_version, print_header
-from nnunet_ext.synthetic import write_tubular_dataset
+from nnunet_ext.testing.synthetic import write_tubular_dataset
 
 BASELINE = "nnUNetTrainer"
 _PRINT_LOCK = threading.Lock()

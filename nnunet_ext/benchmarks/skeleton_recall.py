@@ -3,8 +3,8 @@
 Three sections, all in one run, every figure a ratio against a baseline measured in the same run on the same
 inputs, CPU, single-threaded (``torch.set_num_threads(1)`` and threadpoolctl limits of 1):
 
-1. ``tube``: :func:`~nnunet_ext.skeleton.tubed_skeleton` vs :func:`~nnunet_ext.skeleton.tubed_skeleton_reference`
-   per sample on patches from :func:`~nnunet_ext.synthetic.tubular_case` (2D 512², 3D 128³, one class and
+1. ``tube``: :func:`~nnunet_ext.core.skeleton.tubed_skeleton` vs :func:`~nnunet_ext.core.skeleton.tubed_skeleton_reference`
+   per sample on patches from :func:`~nnunet_ext.testing.synthetic.tubular_case` (2D 512², 3D 128³, one class and
    three classes, plus a denser 3D style); outputs are checked to be identical. Target: fast/ref <= 0.25 in 3D.
 2. ``transforms``: per-sample time of nnU-Net's default training pipeline
    (``nnUNetTrainer.get_training_transforms``, nnU-Net's default rotation for the dimension, all mirror axes,
@@ -33,8 +33,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from nnunet_ext.benchmarks._measure import timed
+from nnunet_ext.cli.nnunet_commands import run_command
 from nnunet_ext.benchmarks._report import native_thread_pools, package_version, print_header, table
 
 SECTIONS = ("tube", "transforms", "train")
@@ -100,7 +99,7 @@ class TubeCase:
 
 
 def _make_cases(quick: bool) -> list[TubeCase]:
-    from nnunet_ext.synthetic import TubeStyle, tubular_case
+    from nnunet_ext.testing.synthetic import TubeStyle, tubular_case
 
     n_main, n_multi, n_dense = (4, 2, 1) if quick else (8, 4, 2)
     dense = TubeStyle(n_tubes=12, radius=(2.0, 4.0))
@@ -118,7 +117,7 @@ def _make_cases(quick: bool) -> list[TubeCase]:
 
 def bench_tube(cases: list[TubeCase], repeats: int) -> bool:
     """Section 1. Returns whether every fast tube equals the reference."""
-    from nnunet_ext.skeleton import tubed_skeleton, tubed_skeleton_reference
+    from nnunet_ext.core.skeleton import tubed_skeleton, tubed_skeleton_reference
 
     rows, all_identical = [], True
     for case in cases:
@@ -235,16 +234,8 @@ class _Dataset:
 _DATASETS = (_Dataset(981, 2, "2d"), _Dataset(982, 3, "3d_fullres"))
 
 
-def _nnunet_command(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} not found next to {sys.executable} nor on PATH")
-    return found
-
-
 def _prepare_datasets(root: Path) -> None:
-    from nnunet_ext.synthetic import write_tubular_dataset
+    from nnunet_ext.testing.synthetic import write_tubular_dataset
 
     for ds in _DATASETS:
         write_tubular_dataset(ds.dataset_id, dim=ds.dim, n_train=10, n_test=0, seed=ds.dataset_id,
@@ -252,11 +243,8 @@ def _prepare_datasets(root: Path) -> None:
     # one call for both datasets (each call pays interpreter start-up and worker spawns); -npfp 1 because the
     # default spawns 8 fingerprint workers, which costs ~30 s on 2 cores; nnUNet_n_proc_DA=0 breaks planning
     env = {**os.environ, "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [_nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", *[str(ds.dataset_id) for ds in _DATASETS],
-           "-c", *sorted({ds.configuration for ds in _DATASETS}), "-np", "1", "-npfp", "1"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    run_command(["nnUNetv2_plan_and_preprocess", "-d", *[str(ds.dataset_id) for ds in _DATASETS],
+                 "-c", *sorted({ds.configuration for ds in _DATASETS}), "-np", "1", "-npfp", "1"], env)
 
 
 def _build_trainer(cls: type, folder: Path, configuration: str):

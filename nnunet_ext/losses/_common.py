@@ -23,13 +23,15 @@ def checked_logits(output: torch.Tensor, target: torch.Tensor, region_mode: bool
 
 
 def foreground_one_hot(labels: torch.Tensor, n_channels: int, what: str = "labels") -> torch.Tensor:
-    """(B, 1, *sp) integer labels in [0, n_channels) -> (B, n_channels - 1, *sp) bool, background dropped."""
+    """(B, 1, *sp) integer labels in [0, n_channels) -> (B, n_channels - 1, *sp) bool, background dropped.
+
+    The label range is not checked here: that would read the tensor's values (a device sync on CUDA, a graph break
+    under torch.compile) at every call and deep-supervision scale. nnunet-ext's trainers check the labels of the
+    preprocessed dataset against dataset.json once, on the CPU, before training starts; a value >= n_channels that
+    still gets here raises scatter's index error (CPU) or a device-side assert (CUDA)."""
     if labels.shape[1] != 1:
         raise ValueError(f"label mode expects a (B, 1, *spatial) map of {what}, got {tuple(labels.shape)}")
     labels = labels.long()
-    if labels.numel() and (labels.min() < 0 or labels.max() >= n_channels):
-        raise ValueError(f"{what} must lie in [0, {n_channels}) for a {n_channels}-channel output, got "
-                         f"[{int(labels.min())}, {int(labels.max())}]; check the dataset's labels (and ignore label)")
     one_hot = torch.zeros((labels.shape[0], n_channels, *labels.shape[2:]), dtype=torch.bool, device=labels.device)
     return one_hot.scatter_(1, labels, True)[:, 1:]
 

@@ -234,9 +234,15 @@ class SoftClDiceLoss(nn.Module):
         smooth: s above, > 0.
         batch_dice: sum over the batch before dividing (nnU-Net's ``batch_dice``); else per sample, averaged.
         ddp: with batch_dice, the four sums are all-gathered across DDP ranks (gradients flow back).
-        ignore_label: label mode: voxels with this label are removed from P and L before skeletonizing.
+        ignore_label: label mode: voxels with this label are left out of the sums (see below).
         region_ignore_channel: region mode: target has one extra last channel, 1 where the voxel is ignored
             (nnU-Net's layout for regions with an ignore label); target (B, R + 1, *sp).
+
+    Ignored voxels (sparse annotations): the prediction's skeleton S(P) is computed on the whole prediction, as
+    without an ignore label, and the ignored voxels are masked in the sums (``sum S(P)`` runs over valid voxels
+    only). Zeroing P there before skeletonizing would erode S(P) at every border of the annotated area and, for
+    scattered annotations, turn S(P) into the annotation pattern itself. The target is unknown at ignored voxels:
+    L is 0 there, so S(L) lies in the annotated voxels.
     """
 
     #: skeleton function (x, iterations) -> skeleton; the benchmark swaps in the reference here.
@@ -261,8 +267,9 @@ class SoftClDiceLoss(nn.Module):
         self.ignore_label, self.region_ignore_channel = ignore_label, region_ignore_channel
 
     def _probs_and_target(self, logits: torch.Tensor,
-                          target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P, L), both (B, K, *sp) in logits' dtype, ignored voxels zeroed in both."""
+                          target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(P, L, valid): P and L (B, K, *sp) in logits' dtype, L zeroed at ignored voxels; valid (B, 1, *sp) in
+        logits' dtype (1 = annotated), None without an ignore label."""
         n_channels = logits.shape[1]
         valid: torch.Tensor | None = None
         if self.region_mode:
@@ -287,18 +294,20 @@ class SoftClDiceLoss(nn.Module):
             probs = torch.softmax(logits, 1)[:, 1:]
         if valid is not None:
             labels = labels & valid
-            probs = probs * valid
-        return probs, labels.to(probs.dtype)
+            valid = valid.to(probs.dtype)
+        return probs, labels.to(probs.dtype), valid
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """output (B, C, *sp) logits, target (B, 1 | R | R + 1, *sp) -> scalar loss in [0, 1]."""
         logits = checked_logits(output, target, self.region_mode, only_2d_3d=True)
-        probs, labels = self._probs_and_target(logits, target)
+        probs, labels, valid = self._probs_and_target(logits, target)
         skel_pred = self.skeletonize(probs, self.iterations)
         with torch.no_grad():
             skel_true = self.skeletonize(labels, self.iterations)
         axes = tuple(range(2, output.ndim))
-        sums = [(skel_pred * labels).sum(axes), skel_pred.sum(axes), (skel_true * probs).sum(axes),
+        # L and S(L) are 0 at ignored voxels, so only sum S(P) needs the mask
+        counted_pred = skel_pred if valid is None else skel_pred * valid
+        sums = [(skel_pred * labels).sum(axes), counted_pred.sum(axes), (skel_true * probs).sum(axes),
                 skel_true.sum(axes)]
         sums = reduce_sums(sums, self.batch_dice, self.ddp)
         s = self.smooth

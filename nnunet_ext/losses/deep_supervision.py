@@ -1,10 +1,23 @@
-"""Deep supervision for networks whose outputs all have the target's resolution (UNet++'s heads)."""
+"""Deep supervision: extending nnU-Net's per-scale loss, and full-resolution deep supervision for networks whose
+outputs all have the target's resolution (UNet++'s heads, GLNet's branches, DAWMR's iterations)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+
+def extend_per_scale_loss(loss: torch.nn.Module,
+                          extend: Callable[[torch.nn.Module], torch.nn.Module]) -> torch.nn.Module:
+    """Replace the per-scale loss inside nnU-Net's deep-supervision wrapper by ``extend(loss)``, keeping the
+    wrapper's class (e.g. :class:`FullResolutionDeepSupervision`) and weights; without a wrapper ``extend(loss)``.
+    A :class:`NetworkAuxiliaryLoss` (a term for the whole step) stays outside."""
+    if isinstance(loss, NetworkAuxiliaryLoss):
+        return NetworkAuxiliaryLoss(extend_per_scale_loss(loss.loss, extend), loss.get_network)
+    if isinstance(loss, DeepSupervisionWrapper):
+        return type(loss)(extend(loss.loss), loss.weight_factors)
+    return extend(loss)
 
 
 class FullResolutionDeepSupervision(DeepSupervisionWrapper):
@@ -30,3 +43,19 @@ class FullResolutionDeepSupervision(DeepSupervisionWrapper):
         if len(targets) == 1:
             targets = list(targets) * len(outputs)
         return sum(w * self.loss(o, t) for w, o, t in zip(self.weight_factors, outputs, targets))
+
+
+class NetworkAuxiliaryLoss(torch.nn.Module):
+    """``loss(output, target) + network.auxiliary_loss``: a term the network computes in its own training forward
+    pass (e.g. GLNet's feature regularisation), read from the module ``get_network()`` returns (the network inside
+    DDP / torch.compile wrappers). ``auxiliary_loss`` None (evaluation) adds nothing."""
+
+    def __init__(self, loss: torch.nn.Module, get_network: Callable[[], torch.nn.Module]):
+        super().__init__()
+        self.loss = loss
+        self.get_network = get_network
+
+    def forward(self, output, target) -> torch.Tensor:
+        total = self.loss(output, target)
+        term = getattr(self.get_network(), "auxiliary_loss", None)
+        return total if term is None else total + term

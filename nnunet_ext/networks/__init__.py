@@ -1,5 +1,6 @@
-"""Networks built from nnU-Net plans (PlainConvUNet keyword interface)."""
-from nnunet_ext.networks.nested_decoder import INFERENCE_HEAD_ENV, NestedDecoder
+"""Networks built from nnU-Net plans (PlainConvUNet's keyword interface), one module per network; they know
+nothing of trainers or losses. :mod:`~nnunet_ext.networks.planning` holds nnU-Net's planner for them."""
+from nnunet_ext.networks.nested_decoder import NestedDecoder
 from nnunet_ext.networks.unet_plus_plus import UNetPlusPlus
 
-__all__ = ["INFERENCE_HEAD_ENV", "NestedDecoder", "UNetPlusPlus"]
+__all__ = ["NestedDecoder", "UNetPlusPlus"]

@@ -8,7 +8,6 @@ dict loads strictly whatever ``deep_supervision`` and ``inference_head`` are.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence, Union
 
 import numpy as np
@@ -17,9 +16,6 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_co
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import nn
-
-#: read when a network is built without an explicit ``inference_head`` (e.g. by ``nnUNetv2_predict``)
-INFERENCE_HEAD_ENV = "NNUNET_EXT_UNETPP_INFERENCE_HEAD"
 
 InferenceHead = Union[str, int]
 
@@ -30,10 +26,9 @@ def node_key(level: int, column: int) -> str:
 
 
 def parse_inference_head(value: InferenceHead | None, n_heads: int) -> InferenceHead:
-    """'ensemble' or an int d in 1..n_heads; ``None`` reads $NNUNET_EXT_UNETPP_INFERENCE_HEAD (default ensemble)."""
-    source = "inference_head"
+    """'ensemble' (also for ``None``) or an int d in 1..n_heads (ints or their strings, e.g. from the environment)."""
     if value is None:
-        value, source = os.environ.get(INFERENCE_HEAD_ENV, "").strip() or "ensemble", INFERENCE_HEAD_ENV
+        return "ensemble"
     if isinstance(value, str) and value.strip().lower() == "ensemble":
         return "ensemble"
     try:
@@ -41,7 +36,7 @@ def parse_inference_head(value: InferenceHead | None, n_heads: int) -> Inference
     except (TypeError, ValueError):
         depth = None
     if depth is None or isinstance(value, bool) or not 1 <= depth <= n_heads or str(depth) != str(value).strip():
-        raise ValueError(f"{source} must be 'ensemble' or an integer 1..{n_heads} (pruned UNet++ L^d: only the "
+        raise ValueError(f"inference_head must be 'ensemble' or an integer 1..{n_heads} (pruned UNet++ L^d: only the "
                          f"sub-network up to head d is computed), got {value!r}")
     return depth
 

@@ -29,7 +29,8 @@ class UNetPlusPlus(AbstractDynamicNetworkArchitectures):
     ``[primary, head_1, ..., head_{n_stages-1}]``, each (B, num_classes, *patch / strides[0]); without it the
     primary output alone. ``inference_head``: ``"ensemble"`` (mean of the heads' logits) or an int d, the pruned
     UNet++ L^d: without deep supervision only encoder stages 0..d and the nodes under head d are computed.
-    ``None`` reads ``$NNUNET_EXT_UNETPP_INFERENCE_HEAD`` (default ensemble), so ``nnUNetv2_predict`` can prune.
+    ``None`` is the ensemble. (The trainers pass ``$NNUNET_EXT_UNETPP_INFERENCE_HEAD`` here when they build the
+    network for ``nnUNetv2_predict``, so prediction can prune.)
     """
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: IntOrSequence,

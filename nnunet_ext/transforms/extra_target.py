@@ -1,11 +1,9 @@
-"""Carrying extra target channels through nnU-Net's data pipeline.
+"""Putting an extra-target transform into nnU-Net's data pipelines.
 
-nnU-Net's data loader keeps only ``image`` and ``segmentation`` of each transformed sample, so an extra
-per-sample target (a skeleton tube, a weight map, ...) travels as additional channels appended to the
-segmentation: ``(1 + n_extra, *spatial)``. It is inserted after the spatial augmentation and the label
-clean-up and before region conversion and deep-supervision downsampling, so that nnU-Net's own
-``DownsampleSegForDSTransform`` produces it at every deep-supervision scale. Region conversion is swapped
-for a subclass that converts channel 0 and passes the extra channels through.
+The extra channels' layout is :mod:`nnunet_ext.losses.extra_target`'s. The transform is inserted after the spatial
+augmentation and the label clean-up and before region conversion and deep-supervision downsampling, so that
+nnU-Net's own ``DownsampleSegForDSTransform`` produces it at every deep-supervision scale. Region conversion is
+swapped for a subclass that converts nnU-Net's channel and passes the extra channels through.
 """
 from __future__ import annotations
 
@@ -16,6 +14,8 @@ from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from batchgeneratorsv2.transforms.utils.seg_to_regions import ConvertSegmentationToRegionsTransform
+
+from nnunet_ext.losses.extra_target import split_extra_channels
 
 
 class ConvertSegmentationToRegionsKeepingExtraChannels(ConvertSegmentationToRegionsTransform):
@@ -30,8 +30,8 @@ class ConvertSegmentationToRegionsKeepingExtraChannels(ConvertSegmentationToRegi
         self.n_extra = n_extra
 
     def _apply_to_segmentation(self, segmentation: torch.Tensor, **params) -> torch.Tensor:
-        regions = super()._apply_to_segmentation(segmentation[:-self.n_extra], **params)
-        extra = segmentation[-self.n_extra:]
+        seg, extra = split_extra_channels(segmentation, self.n_extra, axis=0)
+        regions = super()._apply_to_segmentation(seg, **params)
         if extra.is_floating_point():
             return torch.cat([regions.to(extra.dtype), extra])
         return torch.cat([regions, extra.bool()])

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import SegOnlyTransform
 
-from nnunet_ext.skeleton import tubed_skeleton
+from nnunet_ext.core.skeleton import tubed_skeleton
+from nnunet_ext.losses.extra_target import append_extra_channels
 
 
 class SkeletonTubeTransform(SegOnlyTransform):
@@ -40,4 +41,4 @@ class SkeletonTubeTransform(SegOnlyTransform):
             raise ValueError(f"SkeletonTubeTransform expects a single-channel segmentation (1, *spatial), got "
                              f"{tuple(segmentation.shape)}; insert it after MoveSegAsOneHotToDataTransform.")
         tubes = torch.from_numpy(self.tubes(segmentation[0].cpu().numpy()))
-        return torch.cat([segmentation, tubes.to(segmentation.dtype)])
+        return append_extra_channels(segmentation, tubes)

@@ -37,10 +37,10 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from nnunet_ext.boxes import label_boxes
-from nnunet_ext.labelmaps import validated_label_map
+from nnunet_ext.core.boxes import label_boxes
+from nnunet_ext.core.labelmaps import validated_label_map
 
-__all__ = ["border_weight_map", "border_margin", "two_nearest_distances", "class_balance_weights"]
+__all__ = ["border_weight_map", "border_margin", "two_nearest_distances", "class_balance_weights", "relative_spacing"]
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -79,6 +79,14 @@ def _validated_instances(instances: np.ndarray, shape: tuple[int, ...]) -> np.nd
     if instances.size and instances.min() < 0:
         raise ValueError(f"instance ids must be >= 0 (0 = no instance), got minimum {instances.min()}.")
     return instances
+
+
+def relative_spacing(spacing: Sequence[float]) -> tuple[float, ...]:
+    """``spacing`` divided by its smallest entry: distances in voxels of the finest axis, physical ratios kept.
+    (0.8, 0.8, 4.0) -> (1.0, 1.0, 5.0)."""
+    spacing = _validated_spacing(spacing, len(spacing))
+    finest = min(spacing)
+    return tuple(s / finest for s in spacing)
 
 
 def border_margin(w0: float, sigma: float, tolerance: float) -> float:

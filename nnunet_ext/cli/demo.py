@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,27 +15,21 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from nnunet_ext.skeleton import tubed_skeleton
-from nnunet_ext.synthetic import write_tubular_dataset
+from nnunet_ext.cli.nnunet_commands import run_command
+from nnunet_ext.core.skeleton import tubed_skeleton
+from nnunet_ext.testing.synthetic import write_tubular_dataset
 
 DATASET_ID = 990
 TRAINER = "nnUNetTrainerSkelRecall_short"
 COLOURS = {1: (230, 60, 60)}
 
 
-def _tool(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
-
-
 def _run(step: str, command: list[str], env: dict, log: Path) -> None:
-    start = time.perf_counter()
     print(f"[demo] {step}: {' '.join(command)}", flush=True)
-    with open(log, "a") as out:
-        result = subprocess.run([_tool(command[0]), *command[1:]], env=env, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise SystemExit(f"[demo] {step} failed (exit {result.returncode}); see {log}")
-    print(f"[demo]   done in {time.perf_counter() - start:.0f} s", flush=True)
+    finished = run_command(command, env, log=log, check=False)
+    if finished.returncode != 0:
+        raise SystemExit(f"[demo] {step} failed (exit {finished.returncode}); see {log}")
+    print(f"[demo]   done in {finished.wall_s:.0f} s", flush=True)
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:

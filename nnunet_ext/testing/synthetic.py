@@ -2,7 +2,7 @@
 
 Deterministic by seed. Used by the tests, the demo and the benchmarks::
 
-    from nnunet_ext.synthetic import write_tubular_dataset
+    from nnunet_ext.testing.synthetic import write_tubular_dataset
     write_tubular_dataset(990, dim=2, n_train=12, n_test=3, seed=0)   # -> $nnUNet_raw/Dataset990_Tubes2D
 
 Each case: an image (float32, one channel) with bright curved tubes of varying radius, intensity dips

@@ -27,8 +27,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from nnunet_ext.boxes import label_boxes
-from nnunet_ext.labelmaps import validated_label_map
+from nnunet_ext.core.boxes import label_boxes
+from nnunet_ext.core.labelmaps import validated_label_map
 
 #: Radius (L1) of the tube around the skeleton: two dilations with the cross.
 TUBE_RADIUS = 2

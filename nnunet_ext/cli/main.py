@@ -1,0 +1,115 @@
+"""The ``nnunet-ext`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _trainer_path(args: argparse.Namespace) -> int:
+    from nnunet_ext.trainers.discovery import trainer_folder
+    print(trainer_folder())
+    return 0
+
+
+def _trainers(args: argparse.Namespace) -> int:
+    from nnunet_ext.trainers.registry import trainer_specs  # the registry only: no torch, no nnU-Net
+    for spec in trainer_specs():
+        print(f"{spec.name}\n    {spec.description}")
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from nnunet_ext.benchmarks import run_benchmark
+    return run_benchmark(args.name, args.rest)
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from nnunet_ext.testing.synthetic import write_tubular_dataset
+    folder = write_tubular_dataset(args.dataset_id, dim=args.dim, n_train=args.n_train, n_test=args.n_test,
+                                   shape=args.shape, n_classes=args.n_classes, seed=args.seed,
+                                   ignore_label=args.ignore_label, regions=args.regions)
+    print(folder)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from nnunet_ext.cli.plan import run_plan
+    return run_plan(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from nnunet_ext.cli.demo import run_demo
+    return run_demo(args.workdir, epochs=args.epochs, iterations=args.iterations)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunet_ext.cli.evaluate import add_evaluation_commands
+    parser = argparse.ArgumentParser(prog="nnunet-ext", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("trainer-path", help="print the folder to put in nnUNet_extTrainer")
+    p.set_defaults(func=_trainer_path)
+
+    p = sub.add_parser("trainers", help="list every trainer name with what it does")
+    p.set_defaults(func=_trainers)
+
+    p = sub.add_parser("benchmark", help="run a benchmark from nnunet_ext/benchmarks (see --list)")
+    p.add_argument("name", help="benchmark name, or 'list'")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("synthetic", help="write a synthetic tubular dataset into $nnUNet_raw")
+    p.add_argument("dataset_id", type=int)
+    p.add_argument("--dim", type=int, choices=(2, 3), default=2)
+    p.add_argument("--n-train", type=int, default=10)
+    p.add_argument("--n-test", type=int, default=2)
+    p.add_argument("--shape", type=int, nargs="+", default=None)
+    p.add_argument("--n-classes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ignore-label", action="store_true", help="paint an ignore label over random boxes")
+    p.add_argument("--regions", action="store_true", help="region-based labels (needs --n-classes >= 2)")
+    p.set_defaults(func=_synthetic)
+
+    from nnunet_ext.trainers.registry import LOSSES, planner_keys
+    keys = planner_keys()
+    p = sub.add_parser("plan", help="nnU-Net's planner for an nnunet-ext network: writes nnUNetPlans_<Network>.json")
+    p.add_argument("-d", dest="dataset_ids", type=int, nargs="+", required=True, help="dataset id(s)")
+    p.add_argument("--arch", default=keys[0], choices=keys, help=f"network to plan for (default {keys[0]})")
+    p.add_argument("--loss", default="", choices=[name for name in LOSSES if name], metavar="LOSS",
+                   help="also count what this loss keeps for backward on every output (e.g. ClDice); the plans "
+                        "name gets the loss appended")
+    p.add_argument("-gpu_memory_target", type=float, default=None,
+                   help="VRAM target in GB (default: nnU-Net's default planner's, 8)")
+    p.add_argument("-overwrite_plans_name", dest="plans_name", default=None,
+                   help="plans identifier (default nnUNetPlans_<Network>)")
+    p.add_argument("--preprocess", action="store_true", help="also run nnU-Net's preprocessing for -c")
+    p.add_argument("-c", dest="configurations", nargs="+", default=["2d", "3d_fullres", "3d_lowres"],
+                   help="configurations to preprocess (default 2d 3d_fullres 3d_lowres)")
+    p.add_argument("-np", dest="num_processes", type=int, default=4, help="preprocessing processes (4)")
+    p.add_argument("-npfp", dest="fingerprint_processes", type=int, default=4,
+                   help="fingerprint processes, if the fingerprint is missing (4)")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("demo", help="generate data, plan, train Skeleton Recall on the CPU, predict, evaluate")
+    p.add_argument("--workdir", default="demo_output")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=None)
+    p.set_defaults(func=_demo)
+
+    add_evaluation_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nnunet_ext._compat import require_nnunetv2
+    args = build_parser().parse_args(argv)
+    try:
+        require_nnunetv2()
+    except RuntimeError as error:
+        print(f"nnunet-ext: {error}", file=sys.stderr)
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
