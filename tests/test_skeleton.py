@@ -4,6 +4,11 @@ The hand-computed expectations below never call the package: the skeleton points
 explicitly (they are what scikit-image's thinning gives; each test also asserts that, so a change in
 scikit-image shows up as a clear failure), and the tube is built by :func:`diamond_union`, a brute-force
 pure-Python loop over the L1 ball of radius 2 (13 pixels in 2D, 25 voxels in 3D).
+
+``tubed_skeleton`` thins large 3D masks with the table-driven Lee thinning of :mod:`nnunet_ext.core.thinning`
+and everything else per component with scikit-image; the reference thins the whole mask with scikit-image.
+The property tests at the end run both routes (the table-driven one forced on masks of every size) against
+the reference on 2000+ structured multi-class label maps with ignore labels.
 """
 from __future__ import annotations
 
@@ -16,10 +21,28 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 from skimage.morphology import skeletonize
+from test_thinning import branching_tubes, structured_mask
 
 import nnunet_ext.core.skeleton as skeleton_module
-from nnunet_ext.core.skeleton import diamond_offsets, tubed_skeleton, tubed_skeleton_reference
+from nnunet_ext.core import thinning
+from nnunet_ext.core.skeleton import (
+    diamond_offsets,
+    tube_indices,
+    tubed_skeleton,
+    tubed_skeleton_reference,
+)
 from nnunet_ext.testing.synthetic import tubular_case
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_table_cache(tmp_path_factory):
+    """The thinning tables are built in (and read from) a temporary folder: the tests never touch ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv(thinning.CACHE_DIR_ENV, str(tmp_path_factory.mktemp("thinning_cache")))
+    patch.delenv(thinning.BACKEND_ENV, raising=False)
+    patch.setattr(thinning, "_tables_in_memory", None)
+    yield
+    patch.undo()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -520,3 +543,168 @@ def test_properties(case):
     if seg.ndim == 2 and fg.any():
         # Zhang never deletes a whole component, so a non-empty 2D foreground gives a non-empty tube
         assert tube.any()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the table-driven thinning inside tubed_skeleton: dispatch and equality with the reference
+# ----------------------------------------------------------------------------------------------------
+
+class _CountingCoordinates:
+    """Wraps thinning.skeleton_coordinates (the table-driven route of skeleton_points) and counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+        self.real = thinning.skeleton_coordinates
+
+    def __call__(self, mask, **kwargs):
+        self.calls += 1
+        return self.real(mask, **kwargs)
+
+
+def _labelled(mask: np.ndarray, n_classes: int, how: str, rng: np.random.Generator) -> np.ndarray:
+    """Classes 1..n_classes on a boolean mask: one class per 26/8-connected component, random per voxel
+    (classes touching everywhere), or smooth class regions cutting through the objects."""
+    if how == "components":
+        comps, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
+        return np.r_[0, rng.integers(1, n_classes + 1, n)][comps]
+    if how == "voxels":
+        return np.where(mask, rng.integers(1, n_classes + 1, mask.shape), 0)
+    field = ndimage.gaussian_filter(rng.random(mask.shape), 1.5)
+    bins = np.quantile(field, np.linspace(0, 1, n_classes + 1)[1:-1])
+    return np.where(mask, 1 + np.digitize(field, bins), 0)
+
+
+def _with_ignore(seg: np.ndarray, ignore: int, how: str, rng: np.random.Generator) -> np.ndarray:
+    """Paint the ignore label over random boxes (touching the border or not) or scattered voxels."""
+    seg = seg.copy()
+    if how == "boxes":
+        for _ in range(int(rng.integers(1, 3))):
+            lo = [int(rng.integers(0, n)) for n in seg.shape]
+            hi = [min(n, a + int(rng.integers(1, max(2, n // 2) + 1))) for a, n in zip(lo, seg.shape)]
+            seg[tuple(slice(a, b) for a, b in zip(lo, hi))] = ignore
+    elif how == "voxels":
+        seg[rng.random(seg.shape) < rng.uniform(0.02, 0.3)] = ignore
+    else:                                            # the ignore label over part of the objects only
+        seg[(seg > 0) & (rng.random(seg.shape) < 0.5)] = ignore
+    return seg
+
+
+MASK_KINDS = ["noise", "blobs", "dilated_noise", "blocks", "sheet", "plate", "curve", "full"]
+
+
+@st.composite
+def structured_label_maps(draw):
+    """(seg, ignore_label): a structured mask (thin curves, one-voxel sheets, two-voxel plates, even-sized
+    blocks, blobs, noise, full arrays; all may touch the border), labelled with 1..13 classes, with or without
+    an ignore label (a value above the classes, or one of the classes themselves)."""
+    ndim = draw(st.sampled_from([2, 3, 3]))
+    side = st.integers(1, 40) if ndim == 2 else st.integers(1, 12)
+    shape = tuple(draw(side) for _ in range(ndim))
+    if ndim == 3 and draw(st.integers(0, 4)) == 0:   # flat arrays: one plane thick along a random axis
+        flat_axis = draw(st.integers(0, 2))
+        shape = tuple(1 if a == flat_axis else n for a, n in enumerate(shape))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    mask = structured_mask(draw(st.sampled_from(MASK_KINDS)), shape, rng)
+    n_classes = draw(st.integers(1, 13))
+    seg = _labelled(mask, n_classes, draw(st.sampled_from(["components", "voxels", "regions"])), rng)
+    ignore = draw(st.sampled_from([None, n_classes + 1, n_classes]))
+    if ignore is not None and ignore > n_classes:
+        seg = _with_ignore(seg, ignore, draw(st.sampled_from(["boxes", "voxels", "objects"])), rng)
+    dtype = draw(st.sampled_from([np.uint8, np.int16, np.int32, np.int64]))
+    return seg.astype(dtype), ignore
+
+
+def _check_tube(seg: np.ndarray, ignore: int | None) -> None:
+    out = tubed_skeleton(seg, ignore)
+    ref = tubed_skeleton_reference(seg, ignore)
+    assert out.shape == seg.shape and out.dtype == seg.dtype
+    if not np.array_equal(out, ref):
+        diff = np.argwhere(out != ref)
+        raise AssertionError(f"shape {seg.shape}, ignore {ignore}: {len(diff)} voxels differ, first {diff[:5]}")
+
+
+@settings(max_examples=2000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(structured_label_maps())
+@example((np.pad(np.full((1, 6, 1), 3, np.uint8), ((0, 0), (0, 0), (0, 4))), None))     # one-plane line
+@example((np.pad(np.ones((1, 5, 5), np.int16), ((1, 1), (0, 3), (2, 0))), 2))          # flat plate
+@example((np.full((4, 6, 8), 5, np.int32), 5))                                           # all ignore
+@example((np.ones((2, 2, 2), np.uint8), None))                                           # vanishing cube
+def test_structured_label_maps_fast_path_equals_reference(case):
+    """tubed_skeleton with the table-driven thinning forced on 3D masks of every size (by default it starts
+    at 100k voxels) equals the reference on >= 2000 structured label maps, 2D ones included."""
+    seg, ignore = case
+    counter = _CountingCoordinates()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(thinning, "SKIMAGE_BELOW_VOXELS", 0)
+        patch.setattr(thinning, "skeleton_coordinates", counter)
+        _check_tube(seg, ignore)
+    fg = (seg > 0) & (seg != ignore) if ignore is not None else seg > 0
+    assert counter.calls == (1 if seg.ndim == 3 and fg.any() else 0)     # 3D: the table-driven route ran
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(structured_label_maps())
+def test_structured_label_maps_skimage_fallback_equals_reference(case):
+    """NNUNET_EXT_THINNING=skimage: per-component scikit-image thinning, never the tables; same result."""
+    seg, ignore = case
+    counter = _CountingCoordinates()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(thinning, "SKIMAGE_BELOW_VOXELS", 0)
+        patch.setattr(thinning, "skeleton_coordinates", counter)
+        patch.setenv(thinning.BACKEND_ENV, "skimage")
+        _check_tube(seg, ignore)
+    assert counter.calls == 0
+
+
+def _large_cases():
+    """3D label maps of >= 100k voxels (the default fast path): trees, flat and one-plane-thick arrays."""
+    rng = np.random.default_rng(21)
+    tree = branching_tubes((48, 48, 48), rng, n_branches=6, radius=(1.0, 3.0))
+    classes = np.where(tree, rng.integers(1, 14, tree.shape), 0)                  # 13 classes, touching
+    plane = ndimage.gaussian_filter(rng.random((1, 320, 320)), 2.0) > 0.5         # one plane thick
+    slab = np.zeros((3, 200, 200), bool)
+    slab[1] = ndimage.gaussian_filter(rng.random((200, 200)), 1.5) > 0.5           # a sheet inside a slab
+    border = np.zeros((50, 50, 50), np.int16)
+    border[:12, :, :7] = 2                                                         # blocks on the border
+    border[30:, 40:, 45:] = 3
+    border[20:26, 0:30, 20:23] = 4
+    return [("tree_13_classes", classes.astype(np.uint8), None),
+            ("tree_ignore_boxes", _with_ignore(classes, 14, "boxes", rng).astype(np.int16), 14),
+            ("tree_ignore_is_a_class", classes.astype(np.int32), 7),
+            ("one_plane", plane.astype(np.uint8) * 3, None),
+            ("sheet_in_slab", _with_ignore(slab.astype(np.uint8), 9, "voxels", rng), 9),
+            ("border_blocks", border, 3)]
+
+
+LARGE_CASES = _large_cases()
+
+
+@pytest.mark.parametrize("name,seg,ignore", LARGE_CASES, ids=[c[0] for c in LARGE_CASES])
+def test_large_3d_maps_take_the_fast_path_and_equal_reference(name, seg, ignore, monkeypatch):
+    counter = _CountingCoordinates()
+    monkeypatch.setattr(thinning, "skeleton_coordinates", counter)
+    assert seg.size >= thinning.SKIMAGE_BELOW_VOXELS
+    _check_tube(seg, ignore)
+    assert counter.calls == 1
+    assert tubed_skeleton(seg, ignore).any()
+
+
+def test_tube_indices_clip_at_the_border_like_the_dilation():
+    """Every in-bounds voxel within L1 distance 2 of a point, nothing else, for points on edges and corners."""
+    for shape, points in [((5, 4), [(0, 0), (4, 3), (2, 0)]), ((3, 1, 6), [(0, 0, 0), (2, 0, 5), (1, 0, 2)]),
+                          ((1, 1), [(0, 0)])]:
+        got = np.zeros(shape, bool)
+        got.reshape(-1)[tube_indices(np.array(points), shape)] = True
+        np.testing.assert_array_equal(got, diamond_union(points, shape))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 5), (1, 5, 1), (5, 1, 1), (1, 5)])
+def test_separate_voxels_on_a_line(shape):
+    """Regression: cc3d 4.1 raises on such bool masks (and mislabels background pixels of some 2D bool masks
+    at connectivity 8); the components are labelled from a uint8 view. Each voxel is its own skeleton and
+    tube (Lee and Zhang keep isolated points)."""
+    seg = np.zeros(5, np.uint8)
+    seg[[0, 2, 4]] = [1, 2, 3]
+    seg = seg.reshape(shape)
+    np.testing.assert_array_equal(tubed_skeleton(seg), seg)
+    np.testing.assert_array_equal(tubed_skeleton_reference(seg), seg)
