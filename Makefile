@@ -1,13 +1,16 @@
 # Set-up commands for a fresh machine (see README):
-#   make test   creates .venv, installs nnunet-ext with its test extras, runs the whole test suite
-#   make demo   creates .venv, installs, runs the Skeleton Recall demo end to end on the CPU
-#   make quality creates .venv, installs, runs the CPU-budget quality benchmark (about 40 minutes on 2 cores)
+#   make test        creates .venv, installs nnunet-ext with its test extras, runs the whole test suite
+#                    (about 20-25 minutes on 2 CPU cores)
+#   make test-quick  the same without the slow end-to-end tests (pytest -m "not slow")
+#   make demo        creates .venv, installs, runs the Skeleton Recall demo end to end on the CPU
+#   make quality     creates .venv, installs, runs the CPU-budget quality benchmark (about 40 minutes on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PYTEST := nnUNet_def_n_proc=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: install test demo quality clean
+.PHONY: install test test-quick demo quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +21,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	nnUNet_def_n_proc=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	$(PYTEST) --durations=15
+
+test-quick: $(STAMP)
+	$(PYTEST) -m "not slow" --durations=10
 
 demo: $(STAMP)
 	$(BIN)/nnunet-ext demo --workdir demo_output

@@ -23,11 +23,21 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
-def run_benchmark(name: str, argv: list[str]) -> int:
+def list_benchmarks() -> None:
+    """Print every benchmark name with what it measures (``nnunet-ext benchmark --list``)."""
+    for key, summary in BENCHMARKS.items():
+        print(f"{key}\n    {summary}")
+
+
+def run_benchmark(name: str | None, argv: list[str]) -> int:
+    """Run benchmark ``name`` with ``argv``; ``"list"``/``"--list"`` lists them. Unknown or missing names exit with
+    the available ones."""
     if name in ("list", "--list"):
-        for key, summary in BENCHMARKS.items():
-            print(f"{key}\n    {summary}")
+        list_benchmarks()
         return 0
+    if not name:
+        raise SystemExit(f"name a benchmark: nnunet-ext benchmark NAME; available: {', '.join(BENCHMARKS)} "
+                         "(nnunet-ext benchmark --list says what each measures)")
     if name not in BENCHMARKS:
         raise SystemExit(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)} "
                          "(nnunet-ext benchmark list)")

@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import uuid
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+
+from nnunet_ext.errors import UserInputError
+
+MIN_SIZE = 8  # smallest image size per axis the generators accept
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,89 @@ def _write(array: np.ndarray, path: str) -> None:
     sitk.WriteImage(image, path, useCompression=True)
 
 
+def _check_int(value, what: str, minimum: int, maximum: int | None = None, flag: str | None = None) -> int:
+    """``value`` as an int within [minimum, maximum]; ValueError naming the argument otherwise."""
+    name = f"{what} ({flag})" if flag else what
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def _checked_shape(shape: Sequence[int] | None, dim, default: dict[int, tuple[int, ...]]) -> tuple[int, ...]:
+    """The image shape for ``dim`` (2 or 3): ``default[dim]`` when ``shape`` is None, else ``shape`` checked to have
+    ``dim`` sizes, each an integer >= MIN_SIZE."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim not in (2, 3):
+        raise ValueError(f"dim (--dim) must be 2 or 3, got {dim!r}")
+    if shape is None:
+        return default[dim]
+    shape = tuple(shape)
+    example = " ".join(["64"] * dim)
+    if len(shape) != dim:
+        raise ValueError(f"shape (--shape) {shape} has {len(shape)} size(s) but dim={dim} needs {dim}, "
+                         f"e.g. --shape {example}")
+    for size in shape:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
+            raise ValueError(f"every size in shape (--shape) must be an integer >= {MIN_SIZE}, got {shape}")
+    return tuple(int(size) for size in shape)
+
+
+def _checked_name(name: str) -> str:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"name must be letters, digits, '_' or '-' (it becomes Dataset<ID>_<name>), got {name!r}")
+    return name
+
+
+def _checked_raw_root(raw_root: str | None) -> str:
+    """``raw_root``, else ``$nnUNet_raw``; UserInputError naming the fix when neither is set."""
+    raw_root = raw_root or os.environ.get("nnUNet_raw")
+    if not raw_root:
+        raise UserInputError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (the folder that holds "
+                             "nnU-Net's raw datasets) and run the command again")
+    if os.path.exists(raw_root) and not os.path.isdir(raw_root):
+        raise UserInputError(f"nnUNet_raw={raw_root} is a file, not a folder: point nnUNet_raw at a folder")
+    return raw_root
+
+
+def existing_datasets(raw_root: str, dataset_id: int) -> list[str]:
+    """Every folder ``Dataset{ID:03d}_*`` in ``raw_root`` (nnU-Net refuses an id that names more than one)."""
+    if not os.path.isdir(raw_root):
+        return []
+    prefix = f"Dataset{dataset_id:03d}_"
+    return sorted(os.path.join(raw_root, entry) for entry in os.listdir(raw_root)
+                  if entry.startswith(prefix) and os.path.isdir(os.path.join(raw_root, entry)))
+
+
+def _write_dataset(raw_root: str, dataset_id: int, name: str, overwrite: bool,
+                   fill: Callable[[str], None]) -> str:
+    """Write ``raw_root/Dataset{ID:03d}_{name}`` with ``fill(folder)`` and return its path.
+
+    An id that already exists (any ``Dataset{ID:03d}_*`` folder) raises UserInputError unless ``overwrite``; then
+    exactly those folders are removed, after the new dataset was written completely into a hidden staging folder
+    (so an error or Ctrl-C never leaves a half-written dataset, and never mixes old and new cases).
+    """
+    existing = existing_datasets(raw_root, dataset_id)
+    if existing and not overwrite:
+        raise UserInputError(f"dataset id {dataset_id} already exists in {raw_root}: "
+                             f"{', '.join(os.path.basename(e) for e in existing)}; pass --overwrite (Python: "
+                             "overwrite=True) to replace it, or choose another id")
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    os.makedirs(raw_root, exist_ok=True)
+    staging = os.path.join(raw_root, f".{os.path.basename(folder)}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.mkdir(staging)  # (not tempfile.mkdtemp: its 0700 mode would stay on the dataset folder)
+        fill(staging)
+        for old in existing:
+            shutil.rmtree(old)
+        os.rename(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
 def _labels_json(n_classes: int, regions: bool, ignore_label: bool) -> tuple[dict, list | None]:
     if regions:
         if n_classes < 2:
@@ -99,46 +189,53 @@ def _labels_json(n_classes: int, regions: bool, ignore_label: bool) -> tuple[dic
 def write_tubular_dataset(dataset_id: int, dim: int = 2, n_train: int = 10, n_test: int = 2,
                           shape: Sequence[int] | None = None, n_classes: int = 1, seed: int = 0,
                           ignore_label: bool = False, regions: bool = False, name: str | None = None,
-                          raw_root: str | None = None, style: TubeStyle | None = None) -> str:
+                          raw_root: str | None = None, style: TubeStyle | None = None,
+                          overwrite: bool = False) -> str:
     """Write ``Dataset{ID}_{name}`` in nnU-Net raw format; returns its folder.
 
     imagesTr/labelsTr hold ``n_train`` cases, imagesTs/labelsTs ``n_test`` held-out cases. ``raw_root``
     defaults to ``$nnUNet_raw``. ``ignore_label`` paints the label n_classes+1 over random boxes;
     ``regions`` writes region-based labels (an "any_tube" region of all classes plus classes 2..n).
+
+    Every argument is checked before anything is written (ValueError naming the argument). An existing dataset
+    id raises UserInputError unless ``overwrite``, which replaces exactly that dataset's folder(s).
     """
-    raw_root = raw_root or os.environ.get("nnUNet_raw")
-    if not raw_root:
-        raise RuntimeError("nnUNet_raw is not set: export nnUNet_raw=/path/to/raw or pass raw_root=")
-    if dim not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3, got {dim}")
-    shape = tuple(shape) if shape is not None else ((128, 128) if dim == 2 else (48, 48, 48))
-    if len(shape) != dim:
-        raise ValueError(f"shape {shape} does not match dim={dim}")
+    dataset_id = _check_int(dataset_id, "dataset_id", 1, 999)
+    shape = _checked_shape(shape, dim, {2: (128, 128), 3: (48, 48, 48)})
+    n_train = _check_int(n_train, "n_train", 1, flag="--n-train")
+    n_test = _check_int(n_test, "n_test", 0, flag="--n-test")
+    n_classes = _check_int(n_classes, "n_classes", 1, 254 if ignore_label else 255, flag="--n-classes")
+    seed = _check_int(seed, "seed", 0, flag="--seed")
+    if regions and n_classes < 2:
+        raise ValueError(f"region-based labels (--regions) need n_classes >= 2 (--n-classes 2), got {n_classes}")
+    name = _checked_name(name or f"Tubes{dim}D")
+    raw_root = _checked_raw_root(raw_root)
     style = style or (TubeStyle(radius=(1.5, 3.0)) if dim == 2 else TubeStyle(n_tubes=4, radius=(1.0, 2.2)))
-    name = name or f"Tubes{dim}D"
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n_train + n_test):
-        image, label = tubular_case(shape, n_classes, seed=seed * 100003 + i, style=style)
-        if ignore_label:
-            lo = rng.integers(0, np.array(shape) // 2)
-            box = tuple(slice(int(a), int(a) + max(2, s // 5)) for a, s in zip(lo, shape))
-            label[box] = n_classes + 1
-        split = "Tr" if i < n_train else "Ts"
-        case = f"tube_{i:04d}"
-        _write(image, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
-        _write(label, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
     labels, order = _labels_json(n_classes, regions, ignore_label)
-    dataset_json = {"channel_names": {"0": "synthetic"}, "labels": labels, "numTraining": n_train,
-                    "file_ending": ".nii.gz", "name": name,
-                    "description": f"nnunet-ext synthetic tubes, dim={dim}, seed={seed}"}
-    if order is not None:
-        dataset_json["regions_class_order"] = order
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump(dataset_json, f, indent=2)
-    return folder
+
+    def fill(folder: str) -> None:
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            os.makedirs(os.path.join(folder, sub))
+        rng = np.random.default_rng(seed)
+        for i in range(n_train + n_test):
+            image, label = tubular_case(shape, n_classes, seed=seed * 100003 + i, style=style)
+            if ignore_label:
+                lo = rng.integers(0, np.array(shape) // 2)
+                box = tuple(slice(int(a), int(a) + max(2, s // 5)) for a, s in zip(lo, shape))
+                label[box] = n_classes + 1
+            split = "Tr" if i < n_train else "Ts"
+            case = f"tube_{i:04d}"
+            _write(image, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
+            _write(label, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
+        dataset_json = {"channel_names": {"0": "synthetic"}, "labels": labels, "numTraining": n_train,
+                        "file_ending": ".nii.gz", "name": name,
+                        "description": f"nnunet-ext synthetic tubes, dim={dim}, seed={seed}"}
+        if order is not None:
+            dataset_json["regions_class_order"] = order
+        with open(os.path.join(folder, "dataset.json"), "w") as f:
+            json.dump(dataset_json, f, indent=2)
+
+    return _write_dataset(raw_root, dataset_id, name, overwrite, fill)
 
 
 def touching_blobs_case(shape: Sequence[int], n_blobs: int = 8, radius: tuple[float, float] = (5.0, 9.0),
@@ -182,35 +279,40 @@ def touching_blobs_case(shape: Sequence[int], n_blobs: int = 8, radius: tuple[fl
 
 def write_touching_blobs_dataset(dataset_id: int, dim: int = 2, n_train: int = 10, n_test: int = 2,
                                  shape: Sequence[int] | None = None, n_blobs: int | None = None, seed: int = 0,
-                                 name: str | None = None, raw_root: str | None = None) -> str:
+                                 name: str | None = None, raw_root: str | None = None,
+                                 overwrite: bool = False) -> str:
     """Write ``Dataset{ID}_{name}`` of touching blobs (binary label) in nnU-Net raw format; returns its folder.
 
     Besides imagesTr/labelsTr/imagesTs/labelsTs, ``instancesTs`` holds the blobs' instance ids for
-    evaluating separation (:func:`separated_touching_pairs`).
+    evaluating separation (:func:`separated_touching_pairs`). Arguments are checked and an existing id is
+    handled as in :func:`write_tubular_dataset`.
     """
-    raw_root = raw_root or os.environ.get("nnUNet_raw")
-    if not raw_root:
-        raise RuntimeError("nnUNet_raw is not set: export nnUNet_raw=/path/to/raw or pass raw_root=")
-    shape = tuple(shape) if shape is not None else ((96, 96) if dim == 2 else (40, 40, 40))
-    if len(shape) != dim:
-        raise ValueError(f"shape {shape} does not match dim={dim}")
-    n_blobs = n_blobs or (10 if dim == 2 else 8)
+    dataset_id = _check_int(dataset_id, "dataset_id", 1, 999)
+    shape = _checked_shape(shape, dim, {2: (96, 96), 3: (40, 40, 40)})
+    n_train = _check_int(n_train, "n_train", 1)
+    n_test = _check_int(n_test, "n_test", 0)
+    n_blobs = _check_int(n_blobs if n_blobs is not None else (10 if dim == 2 else 8), "n_blobs", 1, 2**31 - 1)
+    seed = _check_int(seed, "seed", 0)
+    name = _checked_name(name or f"Blobs{dim}D")
+    raw_root = _checked_raw_root(raw_root)
     radius = (5.0, 9.0) if dim == 2 else (4.0, 7.0)
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name or f'Blobs{dim}D'}")
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "instancesTs"):
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    for i in range(n_train + n_test):
-        image, label, instances = touching_blobs_case(shape, n_blobs, radius, seed=seed * 100003 + i)
-        split, case = ("Tr" if i < n_train else "Ts"), f"blobs_{i:04d}"
-        _write(image, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
-        _write(label, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
-        if split == "Ts":
-            _write(instances, os.path.join(folder, "instancesTs", f"{case}.nii.gz"))
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump({"channel_names": {"0": "synthetic"}, "labels": {"background": 0, "cell": 1},
-                   "numTraining": n_train, "file_ending": ".nii.gz", "name": name or f"Blobs{dim}D",
-                   "description": f"nnunet-ext synthetic touching blobs, dim={dim}, seed={seed}"}, f, indent=2)
-    return folder
+
+    def fill(folder: str) -> None:
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "instancesTs"):
+            os.makedirs(os.path.join(folder, sub))
+        for i in range(n_train + n_test):
+            image, label, instances = touching_blobs_case(shape, n_blobs, radius, seed=seed * 100003 + i)
+            split, case = ("Tr" if i < n_train else "Ts"), f"blobs_{i:04d}"
+            _write(image, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
+            _write(label, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
+            if split == "Ts":
+                _write(instances, os.path.join(folder, "instancesTs", f"{case}.nii.gz"))
+        with open(os.path.join(folder, "dataset.json"), "w") as f:
+            json.dump({"channel_names": {"0": "synthetic"}, "labels": {"background": 0, "cell": 1},
+                       "numTraining": n_train, "file_ending": ".nii.gz", "name": name,
+                       "description": f"nnunet-ext synthetic touching blobs, dim={dim}, seed={seed}"}, f, indent=2)
+
+    return _write_dataset(raw_root, dataset_id, name, overwrite, fill)
 
 
 def separated_touching_pairs(prediction: np.ndarray, instances: np.ndarray) -> tuple[int, int]:
