@@ -104,3 +104,16 @@ def training_batch(trainer, seed: int = 0) -> dict:
     target = ([torch.stack([s[k] for s in segs]) for k in range(len(segs[0]))] if isinstance(segs[0], list)
               else torch.stack(segs))
     return {"data": data, "target": target, "keys": ["a", "b"]}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _thinning_tables_in_a_temporary_cache(tmp_path_factory):
+    """The thinning tables are cached in the test session's temporary folder, never in the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("nnunet_ext_cache")
+    previous = os.environ.get("NNUNET_EXT_CACHE_DIR")
+    os.environ["NNUNET_EXT_CACHE_DIR"] = str(folder)
+    yield
+    if previous is None:
+        os.environ.pop("NNUNET_EXT_CACHE_DIR", None)
+    else:
+        os.environ["NNUNET_EXT_CACHE_DIR"] = previous

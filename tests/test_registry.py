@@ -180,3 +180,19 @@ def test_deep_supervision_on_and_off_load_each_other_strictly(architecture, dim,
     torch.testing.assert_close(outputs[0], single)
     assert outputs[0].shape == (1, 2, *trainer.configuration_manager.patch_size)
     assert unwrap(torch.nn.parallel.DistributedDataParallel.__new__(torch.nn.Module)) is not None
+
+
+@pytest.mark.parametrize("architecture", [a for a in registry.ARCHITECTURES if a])
+def test_plans_an_architecture_cannot_build_from_are_refused_with_the_fix(architecture, nnunet_env):
+    from nnunet_ext.errors import UserInputError
+    cls = getattr(trainers, registry.trainer_name(architecture))
+    trainer = make_tiny_trainer(cls, 2)
+    trainer.configuration_manager.configuration["architecture"]["network_class_name"] = \
+        "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    entry = registry.ARCHITECTURES[architecture]
+    with pytest.raises(UserInputError, match=f"--arch {entry.key}.*-p {entry.plans_name}"):
+        cls.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 2, True)
+    # plans naming the network itself build
+    trainer.configuration_manager.configuration["architecture"]["network_class_name"] = entry.network
+    assert type(cls.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 2,
+                                               True)).__name__ == entry.network.rsplit(".", 1)[-1]

@@ -1,7 +1,6 @@
 """UNet++ network: shapes, wiring against the paper's recursion, gradients, state dicts, pruning, planning size."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU

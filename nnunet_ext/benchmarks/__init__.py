@@ -18,6 +18,8 @@ BENCHMARKS: dict[str, str] = {
                "through the real nnU-Net CLI on generated 2D/3D tubes (or --dataset ID), mean ± std over seeds.",
     "unetpp": "UNet++ vs PlainConvUNet on the same plans (2D, 3D): parameters, training-step time and peak "
               "memory; pruned L1..Ln vs ensemble inference (time, memory, parameters).",
+    "train_step": "Every registered trainer's training step on CUDA as nnUNetv2_train runs it (torch.compile, mixed "
+                  "precision): step time and peak CUDA memory vs nnUNetTrainer (--device cpu --quick: smoke run).",
     "evaluation": "Evaluation time per 3D case (256³, 3 labels) of each metric family of nnunet-ext evaluate (Dice, "
                   "clDice, Betti, surface, components, instance), TopCoW clDice, reading; KD-tree vs EDT surfaces.",
 }

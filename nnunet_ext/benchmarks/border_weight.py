@@ -140,7 +140,7 @@ def bench_overhead(repeats: int) -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from nnunet_ext.testing.synthetic import touching_blobs_case
-    from nnunet_ext.trainers import nnUNetTrainerBorderWeight
+    from nnunet_ext.transforms import BorderWeightTransform, insert_extra_target_transform
 
     torch.set_num_threads(1)
     rows = []
@@ -150,7 +150,9 @@ def bench_overhead(repeats: int) -> None:
         kwargs = dict(use_mask_for_norm=[False], is_cascaded=False, foreground_labels=[1], regions=None,
                       ignore_label=None)
         plain = nnUNetTrainer.get_training_transforms(*args, **kwargs)
-        weighted = nnUNetTrainerBorderWeight.get_training_transforms(*args, **kwargs)
+        # what nnUNetTrainerBorderWeight's pipeline is: nnU-Net's with the map inserted (spacing 1 here)
+        weighted = insert_extra_target_transform(nnUNetTrainer.get_training_transforms(*args, **kwargs),
+                                                 BorderWeightTransform(), 1, None, None)
         n_blobs, radius = (40, (12.0, 24.0)) if len(shape) == 2 else (27, (8.0, 14.0))
         times = {"plain": [], "weighted": []}
         for seed in range(3):

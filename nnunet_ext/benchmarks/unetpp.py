@@ -30,32 +30,13 @@ import torch
 
 from nnunet_ext.benchmarks._measure import (CALIBRATION_MIB, PeakMeter, calibration_worker, median_within_budget,
                                             run_worker)
+from nnunet_ext.benchmarks._plans import planner_like_configuration
 from nnunet_ext.benchmarks._report import package_version, print_header, table
 
 _WORKER = "nnunet_ext.benchmarks.unetpp"
-_REQUIRES_IMPORT = ("conv_op", "norm_op", "dropout_op", "nonlin")
 
 
 # ----------------------------------------------------------------------------------------------- configurations
-
-def planner_like_configuration(patch_size: tuple[int, ...], batch_size: int) -> dict:
-    """A plans configuration (architecture, patch, batch) as nnU-Net's default planner makes it, spacing 1."""
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-    dim = len(patch_size)
-    _, strides, kernels, patch, _ = get_pool_and_conv_props([1.0] * dim, list(patch_size), 4, 999999)
-    n_stages = len(strides)
-    conv = "torch.nn.modules.conv.Conv3d" if dim == 3 else "torch.nn.modules.conv.Conv2d"
-    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
-    arch_kwargs = {"n_stages": n_stages, "features_per_stage": [min(32 * 2 ** i, 320 if dim == 3 else 512)
-                                                                for i in range(n_stages)],
-                   "conv_op": conv, "kernel_sizes": [list(k) for k in kernels], "strides": [list(s) for s in strides],
-                   "n_conv_per_stage": [2] * n_stages, "n_conv_per_stage_decoder": [2] * (n_stages - 1),
-                   "conv_bias": True, "norm_op": norm, "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-                   "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-                   "nonlin_kwargs": {"inplace": True}}
-    return {"patch_size": [int(p) for p in patch], "batch_size": batch_size,
-            "architecture": {"arch_kwargs": arch_kwargs, "_kw_requires_import": list(_REQUIRES_IMPORT)}}
-
 
 def configuration_from_plans(path: str, name: str) -> dict:
     """A configuration of a plans file (following ``inherits_from``), checked to name a PlainConvUNet-like net."""

@@ -19,7 +19,10 @@ require_nnunetv2()
 
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner  # noqa: E402
 
+
 from nnunet_ext.errors import UserInputError  # noqa: E402
+from nnunet_ext.networks.dawmr import DAWMR  # noqa: E402
+from nnunet_ext.networks.glnet import GLNet  # noqa: E402
 from nnunet_ext.networks.unet_plus_plus import UNetPlusPlus  # noqa: E402
 
 _ENVIRONMENT = ("nnUNet_raw", "nnUNet_preprocessed")
@@ -106,3 +109,55 @@ def planned_configurations(dataset_id: int, plans_name: str) -> list[str]:
                         plans_name + ".json")
     with open(path) as f:
         return list(json.load(f)["configurations"])
+
+
+class DAWMRPlanner(NetworkPlanner):
+    """nnU-Net's default planner for DAWMR (its wide full-resolution layers fit a smaller patch or batch);
+    writes ``nnUNetPlans_DAWMR.json``."""
+
+    network_class = DAWMR
+    default_plans_name = "nnUNetPlans_DAWMR"
+
+
+class GLNetPlanner(NetworkPlanner):
+    """GLNet plans: the plans' patch is GLNet's window, ``tile_grid`` tiles per axis (4 in 2D, 2 in 3D; 1 on an
+    axis whose median image size is below ``tile_grid * 4 * UNet_featuremap_min_edge_length``).
+
+    nnU-Net's own planning loop runs on the tile: its initial size is the median image shape divided by the grid
+    (so the window is capped by the median shape), its topology (pooling, kernels) follows the tile, and the memory
+    estimate of a tile is GLNet's on the whole window with ``checkpoint_tiles`` (the global branch at tile size,
+    one tile's local branch, the window-sized outputs). The loop shrinks the tile and sets the batch size until
+    that fits the same VRAM target as nnU-Net's default plans. Writes ``nnUNetPlans_GLNet.json`` naming
+    :class:`~nnunet_ext.networks.glnet.GLNet` with ``tile_grid`` and ``checkpoint_tiles`` in its arch_kwargs."""
+
+    network_class = GLNet
+    default_plans_name = "nnUNetPlans_GLNet"
+    #: tiles per axis by dimensionality (the paper: a 2448² image, 508² tiles)
+    tile_grid = {2: 4, 3: 2}
+
+    def _grid_for(self, median_shape: Sequence[float]) -> list[int]:
+        grid, smallest_tile = self.tile_grid[len(median_shape)], 4 * self.UNet_featuremap_min_edge_length
+        return [grid if m / grid >= smallest_tile else 1 for m in median_shape]
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
+                                    _cache):
+        median = np.asarray(median_shape[:len(spacing)], dtype=float)
+        self._grid = self._grid_for(median)
+        _cache.clear()  # estimates depend on the grid, which differs between configurations
+        plan = super().get_plans_for_configuration(spacing, median / np.array(self._grid), data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+        window = [int(t) * g for t, g in zip(plan["patch_size"], self._grid)]
+        five_percent = round(approximate_n_voxels_dataset * self.max_dataset_covered / np.prod(window, dtype=np.float64))
+        plan["batch_size"] = int(max(min(plan["batch_size"], five_percent), self.UNet_min_batch_size))
+        plan["patch_size"] = tuple(window)
+        plan["median_image_size_in_voxels"] = median_shape
+        plan["architecture"]["arch_kwargs"].update(tile_grid=list(self._grid), checkpoint_tiles=True)
+        return plan
+
+    def static_estimate_VRAM_usage(self, patch_size, input_channels, output_channels, arch_class_name, arch_kwargs,
+                                   arch_kwargs_req_import):
+        """GLNet's estimate on the window ``patch_size * grid`` (``patch_size`` is the tile)."""
+        window = tuple(int(p) * g for p, g in zip(patch_size, self._grid))
+        kwargs = {**arch_kwargs, "tile_grid": list(self._grid), "checkpoint_tiles": True}
+        return super().static_estimate_VRAM_usage(window, input_channels, output_channels, arch_class_name, kwargs,
+                                                  arch_kwargs_req_import)

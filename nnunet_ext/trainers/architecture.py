@@ -15,6 +15,7 @@ validation silently); ``nnUNetv2_train --val`` applies them to the validation, `
 from __future__ import annotations
 
 import os
+import pydoc
 from typing import Any
 
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -49,13 +50,18 @@ def build_registered_network(entry: Architecture, configuration_manager, num_inp
 
     ``options`` (network keywords) override the plans' keyword arguments."""
     plans_class = configuration_manager.network_arch_class_name
-    if plans_class.rsplit(".", 1)[-1] not in entry.accepts:
+    accepted = (*entry.accepts, entry.network.rsplit(".", 1)[-1])  # plans naming this network take its kwargs too
+    if plans_class.rsplit(".", 1)[-1] not in accepted:
         suggestion = (f"`nnunet-ext plan -d DATASET --arch {entry.key}`, then train with -p {entry.plans_name}"
                       if entry.planner else "nnU-Net's default plans (-p nnUNetPlans)")
         raise UserInputError(
             f"{entry.name} is built from {' or '.join(entry.accepts)} plans, but this configuration names "
             f"{plans_class}. Use nnU-Net's default plans (-p nnUNetPlans) or {suggestion}.")
-    kwargs = {**configuration_manager.network_arch_init_kwargs, **options}
+    kwargs = dict(configuration_manager.network_arch_init_kwargs)
+    if entry.plans_defaults:
+        defaults = pydoc.locate(entry.plans_defaults)(configuration_manager.patch_size, kwargs)
+        kwargs = {**defaults, **kwargs}
+    kwargs.update(options)
     return get_network_from_plans(entry.network, kwargs, configuration_manager.network_arch_init_kwargs_req_import,
                                   num_input_channels, num_output_channels, allow_init=True,
                                   deep_supervision=deep_supervision)
@@ -131,6 +137,24 @@ class RegisteredArchitectureMixin:
         if not deep_supervision:
             return per_output_loss
         return FullResolutionDeepSupervision(per_output_loss, self.output_weights())
+
+    def initialize(self):
+        super().initialize()
+        network = unwrap(self.network)
+        field_of_view = getattr(network, "field_of_view", None)
+        if field_of_view is not None:
+            self.print_to_log_file(f"{self.architecture} field of view (voxels per axis): one iteration "
+                                   f"{tuple(field_of_view(1))}, all {tuple(field_of_view())}; patch "
+                                   f"{tuple(self.configuration_manager.patch_size)}")
+        check = getattr(network, "check_patch_size", None)
+        if check is not None:
+            try:
+                warnings = check(self.configuration_manager.patch_size)
+            except ValueError as error:
+                raise UserInputError(f"{self.architecture} cannot use this configuration's patch size: {error}") \
+                    from error
+            for warning in warnings:
+                self.print_to_log_file(f"WARNING: {warning}")
 
     def run_training(self):
         leftover = [var for var in self.architecture_entry().inference_options.values()

@@ -64,7 +64,7 @@ def declare(spec: registry.TrainerSpec) -> type:
     """Create the trainer class of ``spec`` in this module (its parent, if any, must be declared)."""
     attributes = {"__module__": __name__, "__qualname__": spec.name,
                   "__doc__": f"nnU-Net trainer: {spec.description}. Writes validation/summary_topology.json "
-                             "(Dice, clDice, Betti errors) after validation.",
+                             "(Dice, clDice, Betti errors, surface distances, components) after validation.",
                   **spec.attributes}
     if spec.architecture.name:
         attributes["architecture"] = spec.architecture.name

@@ -22,9 +22,11 @@ SHORT = "_short"
 
 @dataclass(frozen=True)
 class Variant:
-    """A named set of class attributes, e.g. ``Variant("w0p1", {"skeleton_recall_weight": 0.1})``."""
+    """A named set of class attributes, e.g. ``Variant("w0p1", {"skeleton_recall_weight": 0.1})``; ``note`` is
+    added to the description (where the summary does not show the attributes)."""
     suffix: str
     attributes: Mapping[str, Any]
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ class Component:
                        f"{[v.suffix for v in self.variants]}")
 
     def describe(self, variant: str = "") -> str:
-        return self.summary.format(**self.attributes_of(variant))
+        text = self.summary.format(**self.attributes_of(variant))
+        note = self.variant(variant).note if variant else ""
+        return f"{text}; {note}" if note else text
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class Architecture(Component):
     - ``network``: dotted path of the class (importable, so a plans file can name it too); it takes
       PlainConvUNet's keyword arguments plus ``options`` and follows nnU-Net's network contract
       (``decoder.deep_supervision``; full-resolution output first).
-    - ``accepts``: plans network class names (last dotted part) whose keyword arguments it takes as they are.
+    - ``accepts``: plans network class names (last dotted part) whose keyword arguments it takes as they are
+      (plans naming the network itself are always accepted).
     - ``options``: network keyword -> trainer attribute; a non-None attribute overrides the plans' value.
     - ``inference_options``: network keyword -> environment variable, read only when the network is built for
       inference (deep supervision off: ``nnUNetv2_predict``, ``--val``); training refuses a set variable.
@@ -76,6 +81,8 @@ class Architecture(Component):
       which writes ``plans_name``; ``key`` is the ``--arch`` name.
     - ``auxiliary_loss``: the network sets ``network.auxiliary_loss`` (a scalar) in training forward passes and the
       trainer adds it to the loss (e.g. GLNet's feature regularisation).
+    - ``plans_defaults``: dotted path of ``(patch_size, arch_kwargs) -> keyword defaults`` for plans that do not
+      set the network's own options (nnU-Net's default plans), e.g. GLNet's tile grid.
     """
     network: str = ""
     key: str = ""
@@ -86,6 +93,7 @@ class Architecture(Component):
     planner: str | None = None
     plans_name: str | None = None
     auxiliary_loss: bool = False
+    plans_defaults: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,20 @@ def cldice_backward_elements(foreground_channels: int, attributes: Mapping[str, 
 def unetpp_output_weights(arch_kwargs: Mapping[str, Any], attributes: Mapping[str, Any]) -> tuple[float, ...]:
     """``[primary, head_1, ..., head_L]``: ``unetpp_primary_weight`` and 1 per head, normalised."""
     return _normalised([float(attributes["unetpp_primary_weight"])] + [1.0] * (int(arch_kwargs["n_stages"]) - 1))
+
+
+def glnet_output_weights(arch_kwargs: Mapping[str, Any], attributes: Mapping[str, Any]) -> tuple[float, ...]:
+    """``[fused, local_aux, global_aux]``: 1, ``glnet_auxiliary_weight``, ``glnet_auxiliary_weight``, normalised."""
+    auxiliary = float(attributes["glnet_auxiliary_weight"])
+    return _normalised([1.0, auxiliary, auxiliary])
+
+
+def dawmr_output_weights(arch_kwargs: Mapping[str, Any], attributes: Mapping[str, Any]) -> tuple[float, ...]:
+    """``[out_K, out_1, ..., out_{K-1}]``: 1 each, not normalised. No gradient crosses iterations, so each weight
+    only scales its own iteration's network: 1 trains every iteration as if it were alone (1/K would divide their
+    learning rates by K)."""
+    iterations = attributes.get("dawmr_iterations") or arch_kwargs.get("iterations", 3)
+    return (1.0,) * int(iterations)
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -242,10 +264,34 @@ register_architecture(Architecture(
     "$NNUNET_EXT_UNETPP_INFERENCE_HEAD (ensemble | d) for prediction",
     attributes={"unetpp_primary_weight": 1.0},
     network="nnunet_ext.networks.unet_plus_plus.UNetPlusPlus", key="unetpp",
-    accepts=("PlainConvUNet", "UNetPlusPlus"),
     inference_options={"inference_head": "NNUNET_EXT_UNETPP_INFERENCE_HEAD"},
     output_weights=unetpp_output_weights,
     planner="nnunet_ext.networks.planning.UNetPlusPlusPlanner", plans_name="nnUNetPlans_UNetPlusPlus"))
+
+register_architecture(Architecture(
+    "GLNet",
+    "GLNet (global branch on the window downsampled by the tile grid, local branch on its full-resolution tiles, "
+    "global-to-local sharing at every level, feature regularisation 0.15 x MSE), deep supervision on "
+    "[fused, local, global] at full resolution (weights 1 : {glnet_auxiliary_weight} : {glnet_auxiliary_weight})",
+    attributes={"glnet_auxiliary_weight": 0.5, "glnet_tile_grid": None, "glnet_local_to_global": None,
+                "glnet_feature_regularization": None, "glnet_tiles_per_batch": None, "glnet_checkpoint_tiles": None},
+    variants=(Variant("bidirectional", {"glnet_local_to_global": True},
+                      "local-to-global sharing too (the paper's deep bidirectional GLNet)"),),
+    network="nnunet_ext.networks.glnet.GLNet", key="glnet",
+    options={"tile_grid": "glnet_tile_grid", "local_to_global": "glnet_local_to_global",
+             "feature_regularization": "glnet_feature_regularization", "tiles_per_batch": "glnet_tiles_per_batch",
+             "checkpoint_tiles": "glnet_checkpoint_tiles"},
+    output_weights=glnet_output_weights, auxiliary_loss=True, plans_defaults="nnunet_ext.networks.glnet.plans_defaults",
+    planner="nnunet_ext.networks.planning.GLNetPlanner", plans_name="nnUNetPlans_GLNet"))
+register_architecture(Architecture(
+    "DAWMR",
+    "DAWMR (deep, wide, multiscale, recursive: {dawmr_iterations} iterations, each on the image plus the detached "
+    "softmax of the previous one), every iteration supervised at full resolution",
+    attributes={"dawmr_iterations": 3, "dawmr_width": None},
+    network="nnunet_ext.networks.dawmr.DAWMR", key="dawmr",
+    options={"iterations": "dawmr_iterations", "width": "dawmr_width"},
+    output_weights=dawmr_output_weights,
+    planner="nnunet_ext.networks.planning.DAWMRPlanner", plans_name="nnUNetPlans_DAWMR"))
 
 register_loss(Loss("", "nnU-Net's Dice+CE"))
 register_loss(Loss(
@@ -266,3 +312,10 @@ register_loss(Loss(
     "finest axis, class frequencies balanced unless border_class_weights is set)",
     attributes={"border_w0": 10.0, "border_sigma": 5.0, "border_class_weights": None},
     mixin="nnunet_ext.trainers.border_weight.BorderWeightMixin", extra_target=True))
+register_loss(Loss(
+    "LED",
+    "Dice + CE weighted by the local density of the network's own errors (LED: window {led_window} voxels of the "
+    "finest axis, alpha {led_alpha}, clipped at {led_max_weight}, mean 1; off for the first {led_warmup:.0%} of the "
+    "epochs, then ramped in over the next {led_ramp:.0%})",
+    attributes={"led_window": 7, "led_alpha": 10.0, "led_max_weight": 10.0, "led_warmup": 0.1, "led_ramp": 0.1},
+    mixin="nnunet_ext.trainers.led.LEDMixin"))
