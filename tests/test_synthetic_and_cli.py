@@ -116,14 +116,14 @@ def test_an_error_while_writing_leaves_no_dataset_folder(tmp_path, monkeypatch):
     import nnunet_ext.testing.synthetic as synthetic
     calls = []
 
-    def failing_write(array, path):  # the third file fails (a full disk, Ctrl-C, ...)
-        calls.append(path)
-        if len(calls) == 3:
+    def failing_write(*args, **kwargs):  # the second case fails (a full disk, Ctrl-C, ...)
+        calls.append(args)
+        if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(array, path)
+        return original(*args, **kwargs)
 
-    original = synthetic._write
-    monkeypatch.setattr(synthetic, "_write", failing_write)
+    original = synthetic.write_case
+    monkeypatch.setattr(synthetic, "write_case", failing_write)
     with pytest.raises(KeyboardInterrupt):
         write_tubular_dataset(5, n_train=3, n_test=1, shape=(16, 16), raw_root=str(tmp_path))
     assert list(tmp_path.iterdir()) == []

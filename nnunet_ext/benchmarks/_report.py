@@ -36,6 +36,16 @@ def print_header(name: str, versions: str, lines: Sequence[str]) -> None:
     print("=" * 100)
 
 
+def milliseconds(seconds: float, decimals: int = 0) -> str:
+    """Seconds as a millisecond figure for a table cell, e.g. 0.0123 -> '12'."""
+    return f"{seconds * 1e3:.{decimals}f}"
+
+
+def versions(*packages: str) -> str:
+    """'numpy 2.4.6, scipy 1.17.1, ...' for the installed distributions named (for the benchmark header)."""
+    return ", ".join(f"{p} {package_version(p)}" for p in packages)
+
+
 def native_thread_pools() -> str:
     """The native thread pools threadpoolctl sees, e.g. 'openblas=2, openmp=2' ('none' if none)."""
     from threadpoolctl import threadpool_info

@@ -36,7 +36,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from nnunet_ext.benchmarks._measure import timed
-from nnunet_ext.benchmarks._report import native_thread_pools, package_version, print_header, table
+from nnunet_ext.benchmarks._report import milliseconds, native_thread_pools, print_header, table, versions
 
 SHAPE = (128, 128, 128)
 #: objects -> radius range (voxels) of the balls
@@ -81,16 +81,12 @@ def random_balls(shape: tuple[int, ...], n: int, radius: tuple[float, float], se
 
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.0f}"
+_ms = milliseconds
 
 
 def _print_header(args: argparse.Namespace) -> None:
-    pools = native_thread_pools()
-    print_header("border_weight",
-                 f"numpy {np.__version__}, scipy {package_version('scipy')}, "
-                 f"cc3d {package_version('connected-components-3d')}",
-                 [f"threads: native pools (threadpoolctl) {pools}",
+    print_header("border_weight", versions("numpy", "scipy", "connected-components-3d"),
+                 [f"threads: native pools (threadpoolctl) {native_thread_pools()}",
                   f"repeats {args.repeats} (median), quick={args.quick}, objects {args.objects}, "
                   f"tolerance {args.tolerance}"])
 

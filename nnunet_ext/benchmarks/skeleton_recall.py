@@ -56,12 +56,7 @@ from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
 from nnunet_ext.benchmarks._measure import timed
-from nnunet_ext.benchmarks._report import (
-    native_thread_pools,
-    package_version,
-    print_header,
-    table,
-)
+from nnunet_ext.benchmarks._report import (milliseconds, native_thread_pools, print_header, table, versions)
 from nnunet_ext.cli.nnunet_commands import run_command
 
 SECTIONS = ("tube", "transforms", "train")
@@ -91,16 +86,14 @@ def _median_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f}"
+    return milliseconds(seconds, 1)
 
 
 def _print_header(args: argparse.Namespace) -> None:
-    pools = native_thread_pools()
-    print_header("skeleton_recall",
-                 f"torch {torch.__version__}, numpy {np.__version__}, scikit-image {package_version('scikit-image')}, "
-                 f"nnunetv2 {package_version('nnunetv2')}, batchgeneratorsv2 {package_version('batchgeneratorsv2')}, "
-                 f"cc3d {package_version('connected-components-3d')}",
-                 [f"threads: torch intra-op {torch.get_num_threads()}, native pools (threadpoolctl) {pools}",
+    print_header("skeleton_recall", versions("torch", "numpy", "scikit-image", "nnunetv2", "batchgeneratorsv2",
+                                             "connected-components-3d"),
+                 [f"threads: torch intra-op {torch.get_num_threads()}, native pools (threadpoolctl) "
+                  f"{native_thread_pools()}",
                   f"repeats {args.repeats} (median), quick={args.quick}, sections: {', '.join(args.only)}",
                   f"thinning: {_thinning_line()}"])
 

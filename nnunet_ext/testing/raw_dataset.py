@@ -84,16 +84,22 @@ def check_dim(dim) -> int:
     return int(dim)
 
 
+def _per_axis(values, dim: int, what: str, example: str, noun: str = "value") -> tuple:
+    """``values`` as a tuple of ``dim`` entries; DatasetArgumentError naming ``what`` and an example otherwise."""
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise DatasetArgumentError(f"{what} must be {dim} {noun}s, e.g. {example}, got {values!r}") from None
+    if len(values) != dim:
+        raise DatasetArgumentError(f"{what} {values} has {len(values)} {noun}(s) but dim={dim} needs {dim}, "
+                                   f"e.g. {example}")
+    return values
+
+
 def checked_shape(shape: Sequence[int], dim: int, minimum: int = MIN_SIZE, what: str = "shape (--shape)"
                   ) -> tuple[int, ...]:
     """``shape`` with ``dim`` sizes, each an integer >= ``minimum``."""
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise DatasetArgumentError(f"{what} must be a sequence of {dim} sizes, got {shape!r}") from None
-    if len(shape) != dim:
-        raise DatasetArgumentError(f"{what} {shape} has {len(shape)} size(s) but dim={dim} needs {dim}, "
-                                   f"e.g. {' '.join(['64'] * dim)}")
+    shape = _per_axis(shape, dim, what, "--shape " + " ".join(["64"] * dim), noun="size")
     for size in shape:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < minimum:
             raise DatasetArgumentError(f"every size in {what} must be an integer >= {minimum}, got {shape}")
@@ -102,13 +108,7 @@ def checked_shape(shape: Sequence[int], dim: int, minimum: int = MIN_SIZE, what:
 
 def checked_spacing(spacing: Sequence[float], dim: int) -> tuple[float, ...]:
     """``spacing`` (numpy axis order) with ``dim`` finite positive values."""
-    try:
-        spacing = tuple(spacing)
-    except TypeError:
-        raise DatasetArgumentError(f"spacing (--spacing) must be {dim} positive numbers, got {spacing!r}") from None
-    if len(spacing) != dim:
-        raise DatasetArgumentError(f"spacing (--spacing) {spacing} has {len(spacing)} value(s) but dim={dim} "
-                                   f"needs {dim}, axis 0 first")
+    spacing = _per_axis(spacing, dim, "spacing (--spacing, axis 0 first)", " ".join(["1.0"] * dim))
     return tuple(check_float(s, "every value in spacing (--spacing)", 0.0, strict_minimum=True) for s in spacing)
 
 

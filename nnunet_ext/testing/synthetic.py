@@ -12,21 +12,16 @@ region-based labels (a "any tube" region containing every class).
 """
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
-import uuid
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunet_ext.errors import UserInputError
+from nnunet_ext.testing.raw_dataset import (MAX_DATASET_ID, check_dim, check_int, checked_counts, checked_name,
+                                            checked_raw_root, checked_shape, make_case_folders, write_case,
+                                            write_dataset_json, write_raw_dataset)
 
-MIN_SIZE = 8  # smallest image size per axis the generators accept
 
 
 @dataclass(frozen=True)
@@ -82,93 +77,10 @@ def tubular_case(shape: Sequence[int], n_classes: int = 1, seed: int = 0,
     return ndimage.gaussian_filter(image, 0.6).astype(np.float32), label
 
 
-def _write(array: np.ndarray, path: str) -> None:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing([1.0] * array.ndim)
-    sitk.WriteImage(image, path, useCompression=True)
-
-
-def _check_int(value, what: str, minimum: int, maximum: int | None = None, flag: str | None = None) -> int:
-    """``value`` as an int within [minimum, maximum]; ValueError naming the argument otherwise."""
-    name = f"{what} ({flag})" if flag else what
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
-
-
 def _checked_shape(shape: Sequence[int] | None, dim, default: dict[int, tuple[int, ...]]) -> tuple[int, ...]:
-    """The image shape for ``dim`` (2 or 3): ``default[dim]`` when ``shape`` is None, else ``shape`` checked to have
-    ``dim`` sizes, each an integer >= MIN_SIZE."""
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim not in (2, 3):
-        raise ValueError(f"dim (--dim) must be 2 or 3, got {dim!r}")
-    if shape is None:
-        return default[dim]
-    shape = tuple(shape)
-    example = " ".join(["64"] * dim)
-    if len(shape) != dim:
-        raise ValueError(f"shape (--shape) {shape} has {len(shape)} size(s) but dim={dim} needs {dim}, "
-                         f"e.g. --shape {example}")
-    for size in shape:
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-            raise ValueError(f"every size in shape (--shape) must be an integer >= {MIN_SIZE}, got {shape}")
-    return tuple(int(size) for size in shape)
-
-
-def _checked_name(name: str) -> str:
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        raise ValueError(f"name must be letters, digits, '_' or '-' (it becomes Dataset<ID>_<name>), got {name!r}")
-    return name
-
-
-def _checked_raw_root(raw_root: str | None) -> str:
-    """``raw_root``, else ``$nnUNet_raw``; UserInputError naming the fix when neither is set."""
-    raw_root = raw_root or os.environ.get("nnUNet_raw")
-    if not raw_root:
-        raise UserInputError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (the folder that holds "
-                             "nnU-Net's raw datasets) and run the command again")
-    if os.path.exists(raw_root) and not os.path.isdir(raw_root):
-        raise UserInputError(f"nnUNet_raw={raw_root} is a file, not a folder: point nnUNet_raw at a folder")
-    return raw_root
-
-
-def existing_datasets(raw_root: str, dataset_id: int) -> list[str]:
-    """Every folder ``Dataset{ID:03d}_*`` in ``raw_root`` (nnU-Net refuses an id that names more than one)."""
-    if not os.path.isdir(raw_root):
-        return []
-    prefix = f"Dataset{dataset_id:03d}_"
-    return sorted(os.path.join(raw_root, entry) for entry in os.listdir(raw_root)
-                  if entry.startswith(prefix) and os.path.isdir(os.path.join(raw_root, entry)))
-
-
-def _write_dataset(raw_root: str, dataset_id: int, name: str, overwrite: bool,
-                   fill: Callable[[str], None]) -> str:
-    """Write ``raw_root/Dataset{ID:03d}_{name}`` with ``fill(folder)`` and return its path.
-
-    An id that already exists (any ``Dataset{ID:03d}_*`` folder) raises UserInputError unless ``overwrite``; then
-    exactly those folders are removed, after the new dataset was written completely into a hidden staging folder
-    (so an error or Ctrl-C never leaves a half-written dataset, and never mixes old and new cases).
-    """
-    existing = existing_datasets(raw_root, dataset_id)
-    if existing and not overwrite:
-        raise UserInputError(f"dataset id {dataset_id} already exists in {raw_root}: "
-                             f"{', '.join(os.path.basename(e) for e in existing)}; pass --overwrite (Python: "
-                             "overwrite=True) to replace it, or choose another id")
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
-    os.makedirs(raw_root, exist_ok=True)
-    staging = os.path.join(raw_root, f".{os.path.basename(folder)}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.mkdir(staging)  # (not tempfile.mkdtemp: its 0700 mode would stay on the dataset folder)
-        fill(staging)
-        for old in existing:
-            shutil.rmtree(old)
-        os.rename(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    """``default[dim]`` when ``shape`` is None, else ``shape`` checked against ``dim`` (2 or 3)."""
+    dim = check_dim(dim)
+    return default[dim] if shape is None else checked_shape(shape, dim)
 
 
 def _labels_json(n_classes: int, regions: bool, ignore_label: bool) -> tuple[dict, list | None]:
@@ -200,22 +112,20 @@ def write_tubular_dataset(dataset_id: int, dim: int = 2, n_train: int = 10, n_te
     Every argument is checked before anything is written (ValueError naming the argument). An existing dataset
     id raises UserInputError unless ``overwrite``, which replaces exactly that dataset's folder(s).
     """
-    dataset_id = _check_int(dataset_id, "dataset_id", 1, 999)
+    dataset_id = check_int(dataset_id, "dataset_id", 1, MAX_DATASET_ID)
     shape = _checked_shape(shape, dim, {2: (128, 128), 3: (48, 48, 48)})
-    n_train = _check_int(n_train, "n_train", 1, flag="--n-train")
-    n_test = _check_int(n_test, "n_test", 0, flag="--n-test")
-    n_classes = _check_int(n_classes, "n_classes", 1, 254 if ignore_label else 255, flag="--n-classes")
-    seed = _check_int(seed, "seed", 0, flag="--seed")
+    n_train, n_test = checked_counts(n_train, n_test)
+    n_classes = check_int(n_classes, "n_classes (--n-classes)", 1, 254 if ignore_label else 255)
+    seed = check_int(seed, "seed (--seed)", 0)
     if regions and n_classes < 2:
         raise ValueError(f"region-based labels (--regions) need n_classes >= 2 (--n-classes 2), got {n_classes}")
-    name = _checked_name(name or f"Tubes{dim}D")
-    raw_root = _checked_raw_root(raw_root)
+    name = checked_name(name or f"Tubes{dim}D")
+    raw_root = checked_raw_root(raw_root)
     style = style or (TubeStyle(radius=(1.5, 3.0)) if dim == 2 else TubeStyle(n_tubes=4, radius=(1.0, 2.2)))
     labels, order = _labels_json(n_classes, regions, ignore_label)
 
     def fill(folder: str) -> None:
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-            os.makedirs(os.path.join(folder, sub))
+        make_case_folders(folder)
         rng = np.random.default_rng(seed)
         for i in range(n_train + n_test):
             image, label = tubular_case(shape, n_classes, seed=seed * 100003 + i, style=style)
@@ -225,17 +135,12 @@ def write_tubular_dataset(dataset_id: int, dim: int = 2, n_train: int = 10, n_te
                 label[box] = n_classes + 1
             split = "Tr" if i < n_train else "Ts"
             case = f"tube_{i:04d}"
-            _write(image, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
-            _write(label, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
-        dataset_json = {"channel_names": {"0": "synthetic"}, "labels": labels, "numTraining": n_train,
-                        "file_ending": ".nii.gz", "name": name,
-                        "description": f"nnunet-ext synthetic tubes, dim={dim}, seed={seed}"}
-        if order is not None:
-            dataset_json["regions_class_order"] = order
-        with open(os.path.join(folder, "dataset.json"), "w") as f:
-            json.dump(dataset_json, f, indent=2)
+            write_case(folder, split, case, image, label)
+        extra = {} if order is None else {"regions_class_order": order}
+        write_dataset_json(folder, labels, n_train, name, f"nnunet-ext synthetic tubes, dim={dim}, seed={seed}",
+                           **extra)
 
-    return _write_dataset(raw_root, dataset_id, name, overwrite, fill)
+    return write_raw_dataset(raw_root, dataset_id, name, overwrite, fill)
 
 
 def touching_blobs_case(shape: Sequence[int], n_blobs: int = 8, radius: tuple[float, float] = (5.0, 9.0),
@@ -287,32 +192,25 @@ def write_touching_blobs_dataset(dataset_id: int, dim: int = 2, n_train: int = 1
     evaluating separation (:func:`separated_touching_pairs`). Arguments are checked and an existing id is
     handled as in :func:`write_tubular_dataset`.
     """
-    dataset_id = _check_int(dataset_id, "dataset_id", 1, 999)
+    dataset_id = check_int(dataset_id, "dataset_id", 1, MAX_DATASET_ID)
     shape = _checked_shape(shape, dim, {2: (96, 96), 3: (40, 40, 40)})
-    n_train = _check_int(n_train, "n_train", 1)
-    n_test = _check_int(n_test, "n_test", 0)
-    n_blobs = _check_int(n_blobs if n_blobs is not None else (10 if dim == 2 else 8), "n_blobs", 1, 2**31 - 1)
-    seed = _check_int(seed, "seed", 0)
-    name = _checked_name(name or f"Blobs{dim}D")
-    raw_root = _checked_raw_root(raw_root)
+    n_train, n_test = checked_counts(n_train, n_test)
+    n_blobs = check_int(n_blobs if n_blobs is not None else (10 if dim == 2 else 8), "n_blobs", 1, 2**31 - 1)
+    seed = check_int(seed, "seed", 0)
+    name = checked_name(name or f"Blobs{dim}D")
+    raw_root = checked_raw_root(raw_root)
     radius = (5.0, 9.0) if dim == 2 else (4.0, 7.0)
 
     def fill(folder: str) -> None:
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "instancesTs"):
-            os.makedirs(os.path.join(folder, sub))
+        make_case_folders(folder, instances=True)
         for i in range(n_train + n_test):
             image, label, instances = touching_blobs_case(shape, n_blobs, radius, seed=seed * 100003 + i)
             split, case = ("Tr" if i < n_train else "Ts"), f"blobs_{i:04d}"
-            _write(image, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
-            _write(label, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
-            if split == "Ts":
-                _write(instances, os.path.join(folder, "instancesTs", f"{case}.nii.gz"))
-        with open(os.path.join(folder, "dataset.json"), "w") as f:
-            json.dump({"channel_names": {"0": "synthetic"}, "labels": {"background": 0, "cell": 1},
-                       "numTraining": n_train, "file_ending": ".nii.gz", "name": name,
-                       "description": f"nnunet-ext synthetic touching blobs, dim={dim}, seed={seed}"}, f, indent=2)
+            write_case(folder, split, case, image, label, instances=instances)
+        write_dataset_json(folder, {"background": 0, "cell": 1}, n_train, name,
+                           f"nnunet-ext synthetic touching blobs, dim={dim}, seed={seed}")
 
-    return _write_dataset(raw_root, dataset_id, name, overwrite, fill)
+    return write_raw_dataset(raw_root, dataset_id, name, overwrite, fill)
 
 
 def separated_touching_pairs(prediction: np.ndarray, instances: np.ndarray) -> tuple[int, int]:
