@@ -26,8 +26,9 @@ import torch.multiprocessing as mp
 
 from nnunet_ext.losses import SoftSkeletonRecallLoss
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with the gloo backend is not available")
+pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                 reason="torch.distributed with the gloo backend is not available"),
+              pytest.mark.slow]  # two spawned processes
 
 WORLD_SIZE = 2
 N_CHANNELS = 4  # background + 3 classes

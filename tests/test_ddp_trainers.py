@@ -20,8 +20,9 @@ import torch.multiprocessing as mp
 
 from test_ddp import TIMEOUT_S, WORLD_SIZE, _free_port
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with the gloo backend is not available")
+pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                 reason="torch.distributed with the gloo backend is not available"),
+              pytest.mark.slow]  # two spawned processes
 STEPS = 3
 TRAINERS = ["nnUNetTrainerUNetPlusPlus", "nnUNetTrainerGLNet", "nnUNetTrainerGLNet_bidirectional",
             "nnUNetTrainerDAWMRLED", "nnUNetTrainerLED"]

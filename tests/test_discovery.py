@@ -41,6 +41,7 @@ def _lookup(trainer: str, env: dict, tmp_path) -> subprocess.CompletedProcess:
                           timeout=180)
 
 
+@pytest.mark.slow  # fresh interpreters that import torch and nnU-Net
 def test_startup_hook_registers_folder_and_classes_pickle_under_spawn_and_forkserver(tmp_path):
     result = _lookup("nnUNetTrainerSkelRecall_w0p1", clean_env(), tmp_path)
     assert result.returncode == 0, result.stderr
@@ -52,6 +53,7 @@ def test_startup_hook_registers_folder_and_classes_pickle_under_spawn_and_forkse
     assert lines == [["spawn", name, "0.1", expected], ["forkserver", name, "0.1", expected]]
 
 
+@pytest.mark.slow  # fresh interpreters that import torch and nnU-Net
 def test_opt_out_then_documented_export_line_works(tmp_path):
     env = clean_env(NNUNET_EXT_NO_AUTOREGISTER="1")
     missing = _lookup("nnUNetTrainerSkelRecall", env, tmp_path)
@@ -62,6 +64,7 @@ def test_opt_out_then_documented_export_line_works(tmp_path):
     assert found.returncode == 0, found.stderr
 
 
+@pytest.mark.slow  # fresh interpreters that import torch and nnU-Net
 def test_unknown_trainer_name_fails_with_nnunets_message(tmp_path):
     result = _lookup("nnUNetTrainerNoSuchThing", clean_env(), tmp_path)
     assert result.returncode != 0

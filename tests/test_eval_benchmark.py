@@ -1,6 +1,8 @@
 """``nnunet-ext benchmark evaluation --quick``: every metric family timed on one synthetic 3D case."""
 from __future__ import annotations
 
+import pytest
+
 import re
 
 import numpy as np
@@ -16,6 +18,7 @@ def test_synthetic_pair_is_deterministic_with_three_labels():
     assert set(np.unique(ref)) == set(np.unique(pred)) == {0, 1, 2, 3}
 
 
+@pytest.mark.slow  # a benchmark run
 def test_quick_benchmark_times_every_family(capsys):
     assert "evaluation" in BENCHMARKS
     assert run_benchmark("evaluation", ["--quick"]) == 0

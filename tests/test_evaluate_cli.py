@@ -98,6 +98,7 @@ def folders_2d(tmp_path_factory) -> tuple[Path, Path]:
 
 # --- subprocesses --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a spawn pool of workers
 def test_evaluate_3d_anisotropic_default_families_csv_plots_in_parallel(folders_3d):
     ref, pred = folders_3d
     plot, table = pred.parent / "plots" / "topology.png", pred.parent / "out" / "metrics.csv"

@@ -406,6 +406,7 @@ def test_feature_map_size_for_planning(name):
         assert saved_activation_elements(bounded, x) < saved_activation_elements(plain_net, x)
 
 
+@pytest.mark.slow  # dynamo traces the whole network
 def test_traces_into_one_graph_for_torch_compile():
     net, x = build("2d", checkpoint_tiles=True, local_to_global=True)
     compiled = torch.compile(net, backend="eager", fullgraph=True)  # fullgraph: any graph break raises
