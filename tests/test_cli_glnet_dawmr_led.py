@@ -62,8 +62,11 @@ def test_glnet_3d_on_nnunets_default_plans(nnunet_env):
     raw = Path(write_tubular_dataset(972, dim=3, n_train=5, n_test=1, shape=(24, 24, 24), seed=8))
     env = clean_env(**SHORT)
     plan(972, "3d_fullres", env)
-    _train_and_predict(972, raw, "3d_fullres", "nnUNetTrainerGLNet_bidirectional_short", env, "nnUNetPlans",
-                       raw.parent / "pred_glnet_3d")
+    trainer = "nnUNetTrainerGLNet_bidirectional_short"
+    fold = _train_and_predict(972, raw, "3d_fullres", trainer, env, "nnUNetPlans", raw.parent / "pred_glnet_3d")
+    (fold / "validation" / "summary.json").unlink()
+    run(["nnUNetv2_train", "972", "3d_fullres", "0", "-tr", trainer, "-device", "cpu", "--val"], env)
+    assert (fold / "validation" / "summary.json").is_file()
 
 
 @pytest.mark.parametrize("dim", [2, 3])

@@ -196,3 +196,18 @@ def test_plans_an_architecture_cannot_build_from_are_refused_with_the_fix(archit
     trainer.configuration_manager.configuration["architecture"]["network_class_name"] = entry.network
     assert type(cls.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1, 2,
                                                True)).__name__ == entry.network.rsplit(".", 1)[-1]
+
+
+def test_a_patch_the_network_cannot_use_stops_initialize_with_the_fix(nnunet_env, monkeypatch):
+    """GLNet on a 32² patch with a 3 x 3 tile grid: nnU-Net's initialize() builds it, ours checks the patch."""
+    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
+    from nnunet_ext.errors import UserInputError
+    monkeypatch.setattr(trainer_module, "infer_dataset_class", lambda folder: None)  # no preprocessed data here
+
+    class Grid3(getattr(trainers, "nnUNetTrainerGLNet")):
+        glnet_tile_grid = 3
+
+    trainer = make_tiny_trainer(Grid3, 2)
+    trainer.was_initialized = False
+    with pytest.raises(UserInputError, match="GLNet cannot use this configuration's patch size.*32"):
+        trainer.initialize()
