@@ -15,11 +15,13 @@ per iteration). :func:`soft_skeletonize` returns the same values and gradients w
   iteration, ``open(E_k) = dilate(E_{k+1})``), with min/max of shifted slices instead of pooling (bit-identical
   values: min and max are exact); it keeps E_1..E_{n+1} and the partial skeletons skel_0..skel_{n-1}
   (2n + 1 tensors of x's size) for backward;
-- backward, from iteration n down to 0: rebuilds that iteration's small graph (dilate, relu, skeleton update;
-  then the erosion E_k -> E_{k+1}) from the stored tensors with the same pooling ops as the reference and
-  back-propagates through it with ``torch.autograd.grad``, so ties (relu at 0, equal values in a pooling window,
-  ``torch.minimum``'s even split) are routed exactly as in the reference; the gradient w.r.t. E_{k+1} is summed
-  from its two uses (dilation at iteration k, everything after) before going through the erosion.
+- backward, from iteration n down to 0: recomputes that iteration's ops (dilate, relu, skeleton update; then the
+  erosion E_k -> E_{k+1}) from the stored tensors with the same pooling ops as the reference and applies the
+  gradient formulas autograd uses for them (the pooling backward op through the same argmax indices, relu's
+  mask, ``torch.minimum``'s even split at ties), so ties are routed exactly as in the reference; the gradient
+  w.r.t. E_{k+1} is summed from its two uses (dilation at iteration k, everything after) before going through
+  the erosion. Nothing in it calls ``torch.autograd.grad``, so torch.compile traces forward and backward
+  without a graph break.
 
 Unlike the public clDice code, ``iterations`` is honoured and the loss is computed per class, then averaged.
 """
@@ -105,22 +107,25 @@ def soft_skeletonize_reference(x: torch.Tensor, iterations: int) -> torch.Tensor
     return skel
 
 
-def _axis_extreme_values(x: torch.Tensor, dim: int, op: Callable[..., torch.Tensor]) -> torch.Tensor:
-    """3-wide min (op=torch.minimum) or max along tensor dim ``dim`` from shifted slices, no autograd."""
+def _axis_extreme_values(x: torch.Tensor, dim: int, minimum: bool) -> torch.Tensor:
+    """3-wide min (``minimum``) or max along tensor dim ``dim`` from shifted slices, no autograd.
+
+    In place on views of one clone (``clamp_`` with a tensor bound is an elementwise min/max), so no shifted
+    copies are made; ``out=`` on a non-contiguous view would break a torch.compile graph."""
     out = x.clone()
     n = x.shape[dim]
     if n > 1:
-        later, earlier = out.narrow(dim, 1, n - 1), out.narrow(dim, 0, n - 1)
-        op(later, x.narrow(dim, 0, n - 1), out=later)      # out[i] vs x[i - 1]
-        op(earlier, x.narrow(dim, 1, n - 1), out=earlier)  # out[i] vs x[i + 1]
+        bound = "max" if minimum else "min"
+        out.narrow(dim, 1, n - 1).clamp_(**{bound: x.narrow(dim, 0, n - 1)})  # out[i] vs x[i - 1]
+        out.narrow(dim, 0, n - 1).clamp_(**{bound: x.narrow(dim, 1, n - 1)})  # out[i] vs x[i + 1]
     return out
 
 
 def _erode_values(x: torch.Tensor) -> torch.Tensor:
     """soft_erode's values (bit-identical: min is exact) without pooling indices; for no-grad use."""
-    out = _axis_extreme_values(x, 2, torch.minimum)
+    out = _axis_extreme_values(x, 2, minimum=True)
     for dim in range(3, x.ndim):
-        torch.minimum(out, _axis_extreme_values(x, dim, torch.minimum), out=out)
+        out.clamp_(max=_axis_extreme_values(x, dim, minimum=True))
     return out
 
 
@@ -128,7 +133,7 @@ def _dilate_values(x: torch.Tensor) -> torch.Tensor:
     """soft_dilate's values (the 3^n box max is separable and exact) without pooling indices; no-grad use."""
     out = x
     for dim in range(2, x.ndim):
-        out = _axis_extreme_values(out, dim, torch.maximum)
+        out = _axis_extreme_values(out, dim, minimum=False)
     return out
 
 
@@ -155,8 +160,65 @@ def _skeleton_forward(x: torch.Tensor, iterations: int,
     return skel, eroded, partial
 
 
-def _leaf(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().requires_grad_()
+def _pool_with_indices(x: torch.Tensor, kernel: list[int], padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stride-1 max-pool of (B, C, *sp) ``x`` and its argmax indices (what the pool's autograd node keeps)."""
+    pool = F.max_pool2d if x.ndim == 4 else F.max_pool3d
+    return pool(x, kernel_size=kernel, stride=1, padding=padding, return_indices=True)
+
+
+def _pool_backward(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], padding: list[int],
+                   indices: torch.Tensor) -> torch.Tensor:
+    """The gradient w.r.t. ``x`` of a stride-1 max-pool: autograd's own pooling backward op, which sends each
+    output's gradient to its argmax (``indices``), so ties go where the reference sends them."""
+    n = x.ndim - 2
+    backward = (torch.ops.aten.max_pool2d_with_indices_backward if n == 2
+                else torch.ops.aten.max_pool3d_with_indices_backward)
+    return backward(grad, x, kernel, [1] * n, padding, [1] * n, False, indices)
+
+
+def _relu_backward(grad: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """Gradient through ``result = relu(input)``: ``grad`` where the result is positive, else 0 (as autograd)."""
+    return torch.where(result > 0, grad, torch.zeros_like(grad))
+
+
+def _dilate_with_backward(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """(soft_dilate(x), the function mapping d loss / d soft_dilate(x) to d loss / d x via the pooling indices)."""
+    n = x.ndim - 2
+    kernel, padding = [3] * n, [1] * n
+    dilated, indices = _pool_with_indices(x, kernel, padding)
+    return dilated, lambda g: _pool_backward(g, x, kernel, padding, indices)
+
+
+def _erode_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d loss / d x from ``grad`` = d loss / d soft_erode(x), as autograd differentiates :func:`soft_erode`.
+
+    soft_erode is ``minimum(...minimum(p_0, p_1)..., p_{n-1})`` with ``p_a = -maxpool_a(-x)`` (3-wide along axis
+    a); torch.minimum gives its gradient to the smaller input and half to each at a tie."""
+    n = x.ndim - 2
+    negated = -x
+    pooled, routes = [], []
+    for axis in range(n):
+        kernel, padding = [1] * n, [0] * n
+        kernel[axis], padding[axis] = 3, 1
+        values, indices = _pool_with_indices(negated, kernel, padding)
+        pooled.append(-values)
+        routes.append((kernel, padding, indices))
+    running = [pooled[0]]  # q_0 = p_0, q_a = minimum(q_{a-1}, p_a)
+    for axis in range(1, n - 1):
+        running.append(torch.minimum(running[-1], pooled[axis]))
+    grads = [None] * n
+    g = grad
+    for axis in range(n - 1, 0, -1):
+        left, right = running[axis - 1], pooled[axis]
+        tie = torch.where(left == right, g / 2, g)
+        grads[axis] = tie.masked_fill(left < right, 0)
+        g = tie.masked_fill(left > right, 0)
+    grads[0] = g
+    total = None
+    for g_axis, (kernel, padding, indices) in zip(grads, routes):
+        part = _pool_backward(-g_axis, negated, kernel, padding, indices)  # through the pool of -x
+        total = -part if total is None else total - part
+    return total
 
 
 class _SoftSkeleton(torch.autograd.Function):
@@ -179,21 +241,24 @@ class _SoftSkeleton(torch.autograd.Function):
         grad_s = grad_skel                # d loss / d skel_k, k going down from n
         grad_next: torch.Tensor | None = None  # d loss / d E_{k+1} from iterations > k and erosions above
         for k in range(n, -1, -1):
-            with torch.enable_grad():
-                e_k, e_k1 = _leaf(eroded[k]), _leaf(eroded[k + 1])
-                delta = F.relu(e_k - soft_dilate(e_k1))
-                if k > 0:
-                    s_prev = _leaf(partial[k - 1])
-                    out = s_prev + F.relu(delta - s_prev * delta)
-                    g_k, g_k1, grad_s = torch.autograd.grad(out, (e_k, e_k1, s_prev), grad_s)
-                else:
-                    g_k, g_k1 = torch.autograd.grad(delta, (e_k, e_k1), grad_s)
-                del delta
+            e_k, e_k1 = eroded[k], eroded[k + 1]
+            dilated, dilate_backward = _dilate_with_backward(e_k1)
+            delta = F.relu(e_k - dilated)
+            del dilated
+            if k > 0:  # skel_k = s + relu(delta - s * delta), s = skel_{k-1}
+                s_prev = partial[k - 1]
+                g_u = _relu_backward(grad_s, F.relu(delta - s_prev * delta))
+                g_product = -g_u
+                grad_delta = g_u + g_product * s_prev
+                grad_s = grad_s + g_product * delta
+            else:  # skel_0 = delta
+                grad_delta = grad_s
+            g_k = _relu_backward(grad_delta, delta)  # d / d E_k of delta = relu(E_k - dilate(E_{k+1}))
+            del delta, grad_delta
+            g_k1 = dilate_backward(-g_k)
             grad_e_k1 = g_k1 if grad_next is None else grad_next.add_(g_k1)
             del g_k1
-            with torch.enable_grad():  # E_{k+1} = erode(E_k): route its gradient back to E_k
-                e_k = _leaf(eroded[k])
-                (g_erode,) = torch.autograd.grad(soft_erode(e_k), e_k, grad_e_k1)
+            g_erode = _erode_backward(grad_e_k1, e_k)  # E_{k+1} = erode(E_k): route its gradient back to E_k
             del grad_e_k1
             grad_next = g_k.add_(g_erode)
             del g_erode
