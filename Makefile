@@ -8,7 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PYTEST := nnUNet_def_n_proc=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+JOBS ?= 2
+# one test per core (pytest-xdist; JOBS=1 runs them one after another); every test has its own nnU-Net folders
+PYTEST := nnUNet_def_n_proc=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n $(JOBS) --dist worksteal
 
 .PHONY: install test test-quick demo quality clean
 
