@@ -22,6 +22,11 @@ BENCHMARKS: dict[str, str] = {
                   "precision): step time and peak CUDA memory vs nnUNetTrainer (--device cpu --quick: smoke run).",
     "evaluation": "Evaluation time per 3D case (256³, 3 labels) of each metric family of nnunet-ext evaluate (Dice, "
                   "clDice, Betti, surface, components, instance), TopCoW clDice, reading; KD-tree vs EDT surfaces.",
+    "glnet": "GLNet vs PlainConvUNet at the same field of view (2D 1024², 2048² [, 4096²], one 3D case): peak "
+             "inference memory and time, global-to-local vs bidirectional; training memory with/without "
+             "checkpoint_tiles.",
+    "dawmr": "Training step of nnUNetTrainer, DAWMR, LED and DAWMR+LED on the same plans (3D 64³, 2D 256², batch 2): "
+             "time, peak memory, LED's overhead; parameters and DAWMR's field of view.",
 }
 
 

@@ -1,4 +1,5 @@
-"""Measuring shared by the benchmarks: peak memory of a block of code, and fresh worker subprocesses.
+"""Measuring shared by the benchmarks: peak memory of a block of code, fresh worker subprocesses, and scratch
+environments (nnU-Net's folders in a temporary folder, restored afterwards).
 
 Peak memory on the CPU is the peak resident set during the block minus the resident set just before it (peak
 reset through ``/proc/self/clear_refs``; where that is refused, ``ru_maxrss``). Memory workers run with glibc's
@@ -7,20 +8,24 @@ set follows the live tensors. On CUDA: ``torch.cuda.max_memory_allocated`` above
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 MIB = 2 ** 20
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 #: size of the allocation a benchmark measures first, as a check of the meter
 CALIBRATION_MIB = 256
 
@@ -122,3 +127,31 @@ def run_worker(module: str, spec: dict, memory: bool) -> dict:
     killed = " (killed: out of memory?)" if done.returncode < 0 else ""
     raise RuntimeError(f"benchmark worker {module} {spec.get('method', '')} failed with exit code "
                        f"{done.returncode}{killed}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` inside the block; every variable restored (or removed) after it."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def scratch_nnunet_folders(subfolders: bool = False, **extra: str) -> Iterator[Path]:
+    """nnU-Net's three folders in one new temporary folder (``subfolders``: raw/, preprocessed/, results/ inside
+    it), plus the ``extra`` variables, for the block; the variables restored and the folder removed after it."""
+    scratch = Path(tempfile.mkdtemp(prefix="nnunet_ext_benchmark_"))
+    folders = {name: str(scratch / name.split("_", 1)[1] if subfolders else scratch) for name in NNUNET_FOLDERS}
+    try:
+        with environment({**folders, **extra}):
+            yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -55,7 +54,7 @@ import torch
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
-from nnunet_ext.benchmarks._measure import timed
+from nnunet_ext.benchmarks._measure import environment, scratch_nnunet_folders, timed
 from nnunet_ext.benchmarks._report import (milliseconds, native_thread_pools, print_header, table, versions)
 from nnunet_ext.cli.nnunet_commands import run_command
 
@@ -217,15 +216,8 @@ def _with_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object
     from nnunet_ext.core.thinning import BACKEND_ENV
 
     def call() -> object:
-        saved = os.environ.get(BACKEND_ENV)
-        os.environ[BACKEND_ENV] = backend
-        try:
+        with environment({BACKEND_ENV: backend}):
             return fn()
-        finally:
-            if saved is None:
-                os.environ.pop(BACKEND_ENV, None)
-            else:
-                os.environ[BACKEND_ENV] = saved
     return call
 
 
@@ -594,19 +586,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """Run the benchmark; prints the tables. Returns 0 (1 if a fast tube differed from the reference)."""
     args = _parse(argv)
-    root = Path(tempfile.mkdtemp(prefix="nnunet_ext_bench_"))
-    env_keys = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compile", "nnUNet_n_proc_DA",
-                "nnUNet_def_n_proc")
-    saved_env = {k: os.environ.get(k) for k in env_keys}
-    os.environ.update({"nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
-                       "nnUNet_results": str(root / "results"), "nnUNet_compile": "f", "nnUNet_n_proc_DA": "0",
-                       "nnUNet_def_n_proc": "1"})
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     total = time.perf_counter()
     status = 0
     try:
-        with threadpool_limits(limits=1):
+        with scratch_nnunet_folders(subfolders=True, nnUNet_compile="f", nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1") \
+                as root, threadpool_limits(limits=1):
             _print_header(args)
             cases = []
             if {"tube", "transforms"} & set(args.only):
@@ -624,11 +610,5 @@ def main(argv: list[str]) -> int:
                 bench_train(root, args.repeats)
     finally:
         torch.set_num_threads(saved_threads)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(root, ignore_errors=True)
     print(f"\ntotal benchmark time {time.perf_counter() - total:.0f} s")
     return status
