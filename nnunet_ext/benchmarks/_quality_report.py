@@ -13,10 +13,20 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-#: evaluated metric -> (column title, decimals); higher is better for the first two, lower for the errors
+#: evaluated metric -> (column title, decimals); ↑ higher is better, ↓ lower
 METRICS: dict[str, tuple[str, int]] = {
     "Dice": ("Dice ↑", 4), "clDice": ("clDice ↑", 4), "Betti0_error": ("Betti-0 error ↓", 2),
     "Betti1_error": ("Betti-1 error ↓", 2), "Betti2_error": ("Betti-2 error ↓", 2),
+    # context
+    "Dice_1": ("Dice near_disc ↑", 4), "Dice_2": ("Dice near_ring ↑", 4), "Dice_any": ("Dice any class ↑", 4),
+    "Class_accuracy": ("structures right ↑", 3),
+    # EM
+    "ARE": ("ARE ↓", 4), "VI": ("VI ↓", 3), "VI_split": ("VI split ↓", 3), "VI_merge": ("VI merge ↓", 3),
+    # components
+    "Comp_FP": ("Comp FP ↓", 2), "Comp_split": ("Comp split ↓", 2), "Comp_merged": ("Comp merged ↓", 2),
+    # trees: where the Betti-0 errors come from (_quality_analysis)
+    "B0_breaks": ("breaks ↓", 2), "B0_false_blobs": ("false blobs ↓", 2), "B0_wrong_class": ("wrong-class ↓", 2),
+    "B0_missed": ("missed trees ↓", 2), "Class_bleeds": ("class bleeds ↓", 2), "Fg_merged": ("fg merges ↓", 2),
 }
 GB = 1024 ** 3
 
@@ -68,20 +78,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def results_table(rows: dict[str, list[dict]]) -> str:
-    """Per trainer: mean ± std over seeds of every metric, seconds per epoch and peak memory."""
+def results_table(rows: dict[str, list[dict]], metrics: Sequence[str] | None = None, cost: bool = True) -> str:
+    """Per trainer: mean ± std over seeds of every metric (``metrics``, default :func:`metric_names`) and, with
+    ``cost``, seconds per epoch and peak memory."""
     runs = [r for trainer_runs in rows.values() for r in trainer_runs]
-    metrics = metric_names(runs)
-    cuda = any(r.get("peak_cuda_bytes") is not None for r in runs)
-    header = ["Trainer", "seeds"] + [METRICS[m][0] for m in metrics] + ["s / epoch", "peak RSS (GB)"]
+    metrics = list(metrics) if metrics is not None else metric_names(runs)
+    cuda = cost and any(r.get("peak_cuda_bytes") is not None for r in runs)
+    header = ["Trainer", "seeds"] + [METRICS[m][0] for m in metrics]
+    header += ["s / epoch", "peak RSS (GB)"] if cost else []
     header += ["peak CUDA (GB)"] if cuda else []
     table_rows = []
     for trainer, trainer_runs in rows.items():
         row = [f"`{trainer}`", str(len(trainer_runs))]
         row += [format_mean_std((r["metrics"].get(m, math.nan) for r in trainer_runs), METRICS[m][1])
                 for m in metrics]
-        row.append(format_mean_std((r["epoch_time_s"] for r in trainer_runs), 2))
-        row.append(format_mean_std((r["peak_rss_bytes"] / GB for r in trainer_runs), 2))
+        if cost:
+            row.append(format_mean_std((r["epoch_time_s"] for r in trainer_runs), 2))
+            row.append(format_mean_std((r["peak_rss_bytes"] / GB for r in trainer_runs), 2))
         if cuda:
             row.append(format_mean_std((math.nan if r.get("peak_cuda_bytes") is None else r["peak_cuda_bytes"] / GB
                                         for r in trainer_runs), 2))
@@ -89,10 +102,10 @@ def results_table(rows: dict[str, list[dict]]) -> str:
     return markdown_table(header, table_rows)
 
 
-def differences_table(rows: dict[str, list[dict]], baseline: str) -> str:
+def differences_table(rows: dict[str, list[dict]], baseline: str, metrics: Sequence[str] | None = None) -> str:
     """Per trainer: mean ± std over seeds of its per-seed difference to ``baseline`` (same dataset seed)."""
     runs = [r for trainer_runs in rows.values() for r in trainer_runs]
-    metrics = metric_names(runs)
+    metrics = list(metrics) if metrics is not None else metric_names(runs)
     differences = {m: paired_differences(rows, baseline, m) for m in metrics}
     header = ["Trainer"] + [f"Δ {METRICS[m][0]}" for m in metrics]
     table_rows = [[f"`{trainer}`"] + [format_mean_std(differences[m][trainer], METRICS[m][1]) for m in metrics]
@@ -106,13 +119,19 @@ def short_label(trainer: str) -> str:
     return name or "nnU-Net"
 
 
-def plot(results: Sequence[dict], path: Path) -> None:
-    """PNG: one row per dataset, one panel per metric; bars = mean over seeds, whiskers = std, dots = seeds."""
+def plot(results: Sequence[dict], path: Path, metrics: Sequence[str] | None = None) -> None:
+    """PNG: one row per dataset, one panel per metric (``metrics`` that some result has, default every known one
+    but Betti-2); bars = mean over seeds, whiskers = std, dots = seeds."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     grouped = group(results)
-    metrics = [m for m in metric_names(results) if m != "Betti2_error"] or ["Dice"]
+    known = metric_names(results)
+    if metrics is None:
+        metrics = [m for m in known if m != "Betti2_error"]
+    else:
+        metrics = [m for m in metrics if m in known and m != "Betti2_error"]
+    metrics = metrics or ["Dice"]
     figure = Figure(figsize=(3.2 * len(metrics), 2.9 * len(grouped)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = np.atleast_2d(figure.subplots(len(grouped), len(metrics), squeeze=False))
@@ -124,14 +143,15 @@ def plot(results: Sequence[dict], path: Path) -> None:
             per_trainer = [[r["metrics"].get(metric, math.nan) for r in rows[t]] for t in trainers]
             stats = [mean_std(v) for v in per_trainer]
             spread = [0.0 if math.isnan(s[1]) else s[1] for s in stats]
-            below = [min(d, m) if metric.endswith("_error") else d for d, (m, _, _) in zip(spread, stats)]
+            lower_better = METRICS[metric][0].endswith("↓")
+            below = [min(d, m) if lower_better else d for d, (m, _, _) in zip(spread, stats)]
             axis.bar(x, [s[0] for s in stats], yerr=[below, spread],  # errors: whiskers stop at 0
                      color=[f"C{i}" for i in range(len(trainers))], alpha=0.7, capsize=3)
             for i, values in enumerate(per_trainer):
                 axis.plot(np.full(len(values), x[i]), values, "k.", markersize=4)
             axis.set_xticks(x, [short_label(t) for t in trainers], rotation=30, fontsize="small")
             axis.set_title(f"{dataset}: {METRICS[metric][0]}", fontsize="small")
-            if metric in ("Dice", "clDice"):
+            if metric in ("Dice", "clDice", "Dice_1", "Dice_2", "Dice_any"):
                 low = np.nanmin([v for values in per_trainer for v in values] + [1.0])
                 axis.set_ylim(max(0.0, low - 0.1), 1.0)
     path.parent.mkdir(parents=True, exist_ok=True)

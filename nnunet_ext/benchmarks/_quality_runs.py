@@ -33,10 +33,22 @@ def run_logged(command: Sequence[str], env: dict[str, str], log: Path) -> Finish
 
 
 def plan_and_preprocess(dataset_id: int, configuration: str, env: dict[str, str], log: Path,
-                        processes: int) -> None:
-    """nnU-Net's planning and preprocessing of one configuration (the planner needs nnUNet_n_proc_DA >= 1)."""
+                        processes: int, gpu_memory_target: float | None = None) -> None:
+    """nnU-Net's planning and preprocessing of one configuration (the planner needs nnUNet_n_proc_DA >= 1);
+    ``gpu_memory_target`` (GB) replaces the planner's 8 GB."""
+    target = ["-gpu_memory_target", f"{gpu_memory_target:g}"] if gpu_memory_target is not None else []
     run_logged([tool("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", configuration,
-                "-np", str(processes), "-npfp", str(processes)], {**env, "nnUNet_n_proc_DA": "1"}, log)
+                "-np", str(processes), "-npfp", str(processes), *target], {**env, "nnUNet_n_proc_DA": "1"}, log)
+
+
+def plan_own(dataset_id: int, arch_key: str, identifier: str, configuration: str, env: dict[str, str], log: Path,
+             processes: int, gpu_memory_target: float | None = None) -> None:
+    """``nnunet-ext plan -d ID --arch KEY --preprocess -c CONF``: a registered network's own planner (GLNet's
+    window), at ``gpu_memory_target`` GB (None: the planner's 8), writing ``identifier``.json."""
+    target = ["-gpu_memory_target", f"{gpu_memory_target:g}"] if gpu_memory_target is not None else []
+    run_logged([tool("nnunet-ext"), "plan", "-d", str(dataset_id), "--arch", arch_key, "-overwrite_plans_name",
+                identifier, "--preprocess", "-c", configuration, "-np", str(processes), "-npfp", str(processes),
+                *target], {**env, "nnUNet_n_proc_DA": "1"}, log)
 
 
 def preprocess(dataset_id: int, configuration: str, env: dict[str, str], log: Path, processes: int) -> None:
@@ -45,21 +57,27 @@ def preprocess(dataset_id: int, configuration: str, env: dict[str, str], log: Pa
                env, log)
 
 
-def write_reduced_plans(plans_file: Path, feature_scale: float) -> str:
-    """Copy nnU-Net's plans with every configuration's features per stage scaled; returns the identifier.
+def write_reduced_plans(plans_file: Path, feature_scale: float, identifier: str = REDUCED_PLANS) -> str:
+    """Copy a plans file with every configuration's features per stage scaled, as ``identifier``.json next to
+    it (default ``nnUNetPlans_cpu``; the benchmark names GLNet's ``nnUNetPlans_GLNet_cpu``); returns
+    ``identifier``.
 
-    Patch size, spacing and preprocessing are unchanged (same data identifier, so the preprocessed data is
-    shared); only the network width shrinks (e.g. 32..512 -> 16..256 with scale 0.5).
+    Patch size, spacing, network class and its other options, and preprocessing are unchanged (same data
+    identifier, so the preprocessed data is shared); only the network width shrinks (e.g. 32..512 -> 16..256 with
+    scale 0.5).
     """
+    if not identifier or identifier == plans_file.stem:
+        raise ValueError(f"the reduced plans need their own identifier, not {identifier!r} (it would replace "
+                         f"{plans_file.name})")
     plans = json.loads(plans_file.read_text())
-    plans["plans_name"] = REDUCED_PLANS
+    plans["plans_name"] = identifier
     for configuration in plans["configurations"].values():
         kwargs = configuration.get("architecture", {}).get("arch_kwargs", {})
         if "features_per_stage" in kwargs:
             kwargs["features_per_stage"] = [max(4, int(round(f * feature_scale)))
                                             for f in kwargs["features_per_stage"]]
-    (plans_file.parent / f"{REDUCED_PLANS}.json").write_text(json.dumps(plans, indent=2))
-    return REDUCED_PLANS
+    (plans_file.parent / f"{identifier}.json").write_text(json.dumps(plans, indent=2))
+    return identifier
 
 
 def fold_folder(results: Path, dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
@@ -95,11 +113,30 @@ def predict(images: Path, output: Path, dataset_id: int, configuration: str, tra
 
 
 def evaluate(reference: Path, prediction: Path, dataset_json: Path, output: Path, env: dict[str, str],
-             log: Path, processes: int) -> dict:
-    """``nnunet-ext evaluate``; returns the written summary (foreground_mean, mean, metric_per_case)."""
+             log: Path, processes: int, options: Sequence[str] = ()) -> dict:
+    """``nnunet-ext evaluate`` (with ``options``, e.g. ``--families dice instance``); returns the written summary
+    (foreground_mean, mean, metric_per_case)."""
     run_logged([tool("nnunet-ext"), "evaluate", str(reference), str(prediction), "-o", str(output),
-                "-djfile", str(dataset_json), "-np", str(processes)], env, log)
+                "-djfile", str(dataset_json), "-np", str(processes), "--no-progress", *options], env, log)
     return json.loads(output.read_text())
+
+
+def analyse(mode: str, reference: Path, prediction: Path, output: Path, env: dict[str, str], log: Path) -> dict:
+    """``python -m nnunet_ext.benchmarks._quality_analysis MODE REF PRED -o OUT`` (its own process: image reading
+    is not thread-safe here); returns the written summary (foreground_mean, per_case)."""
+    run_logged([sys.executable, "-m", "nnunet_ext.benchmarks._quality_analysis", mode, str(reference),
+                str(prediction), "-o", str(output)], env, log)
+    return json.loads(output.read_text())
+
+
+def tube_checks(datasets: Sequence[str], configuration: str, plans: str, output: Path, env: dict[str, str],
+                log: Path) -> None:
+    """``python -m nnunet_ext.benchmarks._thick_vessels`` on prepared datasets (DatasetXXX_Name; its own process:
+    it builds a trainer, and nnU-Net reads its folders from the environment when imported); writes markdown to
+    ``output``."""
+    names = [argument for name in datasets for argument in ("--dataset", name)]
+    run_logged([sys.executable, "-m", "nnunet_ext.benchmarks._thick_vessels", *names, "--configuration",
+                configuration, "--plans", plans, "-o", str(output)], env, log)
 
 
 def epoch_times(fold: Path) -> list[float]:

@@ -8,9 +8,11 @@ from pathlib import Path
 from nnunet_ext.trainers.registry import ARCHITECTURES, trainer_name, trainer_specs
 
 SHORT = "_short"
-#: generated datasets: id = GENERATED_ID_BASE[dim] + seed (they live in the benchmark's own nnUNet_raw)
-GENERATED_ID_BASE = {2: 700, 3: 800}
+#: generated datasets: id = a kind's variant's id base (per dim) + seed (in the benchmark's own nnUNet_raw)
 MAX_GENERATED_SEED = 99
+#: architectures trained on their own planner's plans (at the kind's VRAM target), not on nnU-Net's default plans
+OWN_PLANS_ARCHITECTURES = ("GLNet",)
+DEFAULT_PLANS = "nnUNetPlans"
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Schedule:
 class Budget:
     """Everything a budget fixes; the command line may override parts (dataclasses.replace)."""
     name: str
-    size: dict[int, int]                       # dim -> edge length of a generated case
+    size: dict[int, tuple[int, ...]]           # dim -> shape of a generated case
     cases: dict[int, tuple[int, int]]          # dim -> (training cases, held-out cases)
     schedule: dict[int, Schedule]              # dim -> schedule
     feature_scale: float                       # 1.0 = nnU-Net's plans as planned
@@ -48,11 +50,12 @@ class Budget:
     processes: int                             # nnU-Net worker processes (planning, prediction, evaluation)
     data_note: str = ""                        # what the generated data reduces (not said for --dataset)
     reductions: tuple[str, ...] = field(default=())
+    gpu_memory_target: dict[int, float] = field(default_factory=dict)  # dim -> planning target (GB); absent = 8
 
 
 BUDGETS: dict[str, Budget] = {
     "cpu": Budget(
-        name="cpu", size={2: 128, 3: 32}, cases={2: (16, 6), 3: (10, 4)},
+        name="cpu", size={2: (128, 128), 3: (32, 32, 32)}, cases={2: (16, 6), 3: (10, 4)},
         schedule={2: Schedule(10, 12, 2), 3: Schedule(8, 8, 1)}, feature_scale=0.5, seeds=(0, 1, 2), jobs=2,
         device="cpu", processes=1,
         data_note="data: small generated cases (sizes and counts above), so nnU-Net plans small patches",
@@ -62,7 +65,7 @@ BUDGETS: dict[str, Budget] = {
             "torch.compile off, prediction without worker processes (-npp 0 -nps 0)",
         )),
     "gpu": Budget(
-        name="gpu", size={2: 256, 3: 96}, cases={2: (40, 10), 3: (30, 10)},
+        name="gpu", size={2: (256, 256), 3: (96, 96, 96)}, cases={2: (40, 10), 3: (30, 10)},
         schedule={2: Schedule(), 3: Schedule()}, feature_scale=1.0, seeds=(0, 1, 2), jobs=1, device="cuda",
         processes=min(8, os.cpu_count() or 1)),
 }
@@ -90,6 +93,34 @@ def resolve_trainers(requested: list[str] | None) -> list[str]:
         if base not in names:
             names.append(base)
     return names
+
+
+def for_kind(budget: Budget, kind) -> Budget:
+    """``budget`` with the data and schedule of ``kind`` (a :class:`~._quality_kinds.Kind`) under that budget."""
+    import dataclasses
+    settings = kind.budgets[budget.name]
+    return dataclasses.replace(budget, size=dict(settings.size), cases=dict(settings.cases),
+                               schedule=dict(settings.schedule), gpu_memory_target=dict(settings.gpu_memory_target))
+
+
+def own_plans_architecture(base: str):
+    """The registry architecture whose own planner's plans ``base`` trains on (GLNet), else None."""
+    for spec in trainer_specs():
+        if spec.name == base:
+            return spec.architecture if spec.architecture.name in OWN_PLANS_ARCHITECTURES else None
+    return None
+
+
+def plans_identifier(base: str) -> str:
+    """The plans ``base`` trains on at full width: its architecture's planner's (``nnUNetPlans_GLNet``) for
+    :data:`OWN_PLANS_ARCHITECTURES`, else nnU-Net's default plans."""
+    architecture = own_plans_architecture(base)
+    return architecture.plans_name if architecture is not None else DEFAULT_PLANS
+
+
+def reduced_plans_identifier(identifier: str) -> str:
+    """``nnUNetPlans`` -> ``nnUNetPlans_cpu``; ``nnUNetPlans_GLNet`` -> ``nnUNetPlans_GLNet_cpu``."""
+    return identifier + "_cpu"
 
 
 def trainer_class(base: str, schedule: Schedule) -> str:
@@ -120,6 +151,9 @@ class Dataset:
     preprocessed_root: Path
     results_root: Path          # seed-specific, so repeated trainings of one dataset do not collide
     generated: bool
+    kind: str = "tubes"         # a key of _quality_kinds.KINDS
+    variant: str = ""           # the kind's variant key (trees: "thin", "thick")
+    stem: str = "Tubes"         # generated name: Dataset{id}_Quality{stem}{dim}D_seed{seed}
 
     @property
     def raw(self) -> Path:
@@ -130,7 +164,7 @@ class Dataset:
         """nnU-Net's DatasetXXX_Name (found in the raw root)."""
         found = sorted(self.raw_root.glob(f"Dataset{self.dataset_id:03d}_*"))
         if self.generated and not found:
-            return f"Dataset{self.dataset_id:03d}_QualityTubes{self.dim}D_seed{self.seed}"
+            return f"Dataset{self.dataset_id:03d}_Quality{self.stem}{self.dim}D_seed{self.seed}"
         if not found:
             raise FileNotFoundError(f"no Dataset{self.dataset_id:03d}_* in {self.raw_root}")
         return found[0].name
@@ -140,15 +174,20 @@ class Dataset:
                 "nnUNet_results": str(self.results_root)}
 
 
-def generated_datasets(workdir: Path, dims: list[int], seeds: tuple[int, ...]) -> list[Dataset]:
-    """One generated tubular dataset per (dim, seed), all inside ``workdir``."""
+def generated_datasets(workdir: Path, dims: list[int], seeds: tuple[int, ...], kind=None,
+                       variants: list[str] | None = None) -> list[Dataset]:
+    """One generated dataset per (variant, dim, seed) of ``kind`` (default: tubes), all inside ``workdir``;
+    ``variants`` (keys) restricts the kind's variants."""
+    if kind is None:
+        from nnunet_ext.benchmarks._quality_kinds import TUBES as kind
     bad = [s for s in seeds if s > MAX_GENERATED_SEED]
     if bad:
         raise ValueError(f"generated datasets take seeds 0..{MAX_GENERATED_SEED}, got {bad}")
-    return [Dataset(f"{dim}D tubes", GENERATED_ID_BASE[dim] + seed, seed, dim, "2d" if dim == 2 else "3d_fullres",
-                    workdir / "nnUNet_raw", workdir / "nnUNet_preprocessed",
-                    workdir / "nnUNet_results" / f"seed_{seed}", True)
-            for dim in dims for seed in seeds]
+    chosen = [kind.variant(key) for key in variants] if variants else list(kind.variants)
+    return [Dataset(f"{dim}D {variant.label}", variant.id_base[dim] + seed, seed, dim,
+                    "2d" if dim == 2 else "3d_fullres", workdir / "nnUNet_raw", workdir / "nnUNet_preprocessed",
+                    workdir / "nnUNet_results" / f"seed_{seed}", True, kind.name, variant.key, variant.stem)
+            for variant in chosen for dim in dims for seed in seeds]
 
 
 def user_raw_root() -> Path:
@@ -164,7 +203,7 @@ def user_raw_root() -> Path:
 
 
 def user_datasets(workdir: Path, dataset_ids: list[int], seeds: tuple[int, ...],
-                  configuration: str | None) -> list[Dataset]:
+                  configuration: str | None, kind: str = "tubes") -> list[Dataset]:
     """The user's datasets (read from $nnUNet_raw), planned and trained under ``workdir/user``; one entry per
     seed (seeds are repeated trainings). ``configuration`` None = 3d_fullres if planned, else 2d."""
     raw_root = user_raw_root()
@@ -176,5 +215,5 @@ def user_datasets(workdir: Path, dataset_ids: list[int], seeds: tuple[int, ...],
         for seed in seeds:
             datasets.append(Dataset(found[0].name, dataset_id, seed, 0, configuration or "", raw_root,
                                     workdir / "user" / "nnUNet_preprocessed",
-                                    workdir / "user" / "nnUNet_results" / f"seed_{seed}", False))
+                                    workdir / "user" / "nnUNet_results" / f"seed_{seed}", False, kind))
     return datasets
