@@ -85,6 +85,7 @@ def test_target_line_reports_the_ratio_and_the_verdict():
     assert "2048 not in --sizes" in line({}, 4)
 
 
+@pytest.mark.slow  # a fresh worker process / a whole benchmark run (15-25 s)
 def test_memory_worker_measures_glnet_below_plain_at_the_same_window():
     """The real memory worker (fresh process, fixed mmap threshold) on a 256² window: PlainConvUNet keeps at least
     its 32-channel full-resolution maps (an 8 MiB output of the first stage, the decoder's 16 MiB concatenation),
@@ -102,6 +103,7 @@ def test_memory_worker_measures_glnet_below_plain_at_the_same_window():
 
 # ---------------------------------------------------------------------------------------------------- smoke runs
 
+@pytest.mark.slow  # a fresh worker process / a whole benchmark run (15-25 s)
 def test_glnet_smoke_run_prints_every_table(capsys):
     assert run_benchmark("glnet", ["--smoke"]) == 0
     out = capsys.readouterr().out
@@ -122,6 +124,7 @@ def test_glnet_smoke_run_prints_every_table(capsys):
     assert "bidirectional checkpoint_tiles" not in out  # only with --train-bidirectional (or --full)
 
 
+@pytest.mark.slow  # a fresh worker process / a whole benchmark run (15-25 s)
 def test_dawmr_smoke_run_prints_every_table(capsys):
     assert run_benchmark("dawmr", ["--smoke"]) == 0
     out = capsys.readouterr().out

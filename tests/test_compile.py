@@ -57,6 +57,9 @@ from nnunet_ext.losses.skeleton_recall import SoftSkeletonRecallLoss
 from nnunet_ext.trainers import registry
 from nnunet_ext.trainers.architecture import unwrap
 
+#: compiling takes 1-30 s per case (5 minutes for the module on 2 cores): make test-quick skips it
+pytestmark = pytest.mark.slow
+
 #: graph breaks that remain, as {substring of the break reason: why it cannot be removed}. None remain: the last
 #: ones (clDice: ``out=`` into non-contiguous views; ``torch.autograd.grad`` in its Function's backward) are fixed.
 ALLOWED_BREAKS: dict[str, str] = {}
