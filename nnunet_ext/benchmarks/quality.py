@@ -581,7 +581,7 @@ def markdown(results: list[dict], failures: list[str], datasets: list[Dataset], 
                   "(foreground mean over labels), then mean ± sample std over seeds. " + kind.metrics_text +
                   " s / epoch: mean of nnU-Net's logged epoch time "
                   "(training + validation iterations). Peak RSS: largest resident set size of a process of the "
-                  "`nnUNetv2_train` run (os.wait4; includes loading data and the final validation)."
+                  "`nnUNetv2_train` run (os.wait4; includes loading data and the final validation; never below this benchmark process's own, a few hundred MB)."
                   + (" Peak CUDA: `torch.cuda.max_memory_allocated()` of the training process." if budget.device ==
                      "cuda" else "")]
     for label, rows in report.group(results).items():

@@ -20,7 +20,11 @@ from typing import Callable, Mapping, Sequence
 @dataclass(frozen=True)
 class Finished:
     """A finished command: exit status, output, wall seconds, CPU seconds (user + system, the whole process tree)
-    and peak resident memory (bytes, of the largest single process)."""
+    and peak resident memory (bytes, of the largest single process).
+
+    The peak is ``os.wait4``'s ``ru_maxrss``. Linux carries the caller's resident high-water mark into the child
+    when it execs, so it is never below the caller's own resident set at the spawn: call from a small process to
+    measure a small command."""
     command: tuple[str, ...]
     returncode: int
     stdout: str
