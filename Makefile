@@ -1,6 +1,6 @@
 # Set-up commands for a fresh machine (see README):
 #   make test        creates .venv, installs nnunet-ext with its test extras, runs the whole test suite
-#                    (about 30 minutes on 2 CPU cores, two tests at a time; JOBS=1 runs them serially)
+#                    (about 25 minutes on 2 CPU cores, two tests at a time; JOBS=1 runs them serially)
 #   make test-quick  the same without the slow end-to-end tests (pytest -m "not slow")
 #   make demo        creates .venv, installs, runs the Skeleton Recall demo end to end on the CPU
 #   make quality     creates .venv, installs, runs the CPU-budget quality benchmark (about 40 minutes on 2 cores)
