@@ -155,3 +155,33 @@ def scratch_nnunet_folders(subfolders: bool = False, **extra: str) -> Iterator[P
             yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measured(run_case, module: str, spec: dict, in_process: bool, with_time: bool = True) -> dict:
+    """``spec`` measured as the benchmarks measure: memory in a fresh worker with the memory allocator setting,
+    time (``with_time``) in another with glibc's default allocator (the fixed mmap threshold slows
+    allocation-heavy code, e.g. GLNet's many tile-sized temporaries, by up to 2-3x), merged; ``in_process``: in
+    this process (``run_case({..., "measure": "both"})``, or "memory"). A failed worker gives {"error": its first
+    line}."""
+    try:
+        if in_process:
+            return run_case({**spec, "measure": "both" if with_time else "memory"})
+        memory = run_worker(module, {**spec, "measure": "memory"}, memory=True)
+        if not with_time:
+            return memory
+        return {**memory, **run_worker(module, {**spec, "measure": "time"}, memory=False)}
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        killed = next((line for line in lines if "killed" in line), None)
+        return {"error": (killed or (lines[0] if lines else "failed"))[:100]}
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one thread inside the block (the previous setting restored: matters in-process)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ iterations, with whether the patch covers it.
 The segmentation quality of the four trainers (adapted Rand error and VI on synthetic EM data) is not measured
 here: that comparison is ``nnunet-ext benchmark quality`` (it trains through the real nnU-Net CLI).
 
-Measuring: each trainer runs in two fresh single-threaded subprocesses (:func:`measured`). Memory: with glibc's
+Measuring: each trainer runs in two fresh single-threaded subprocesses (:func:`~nnunet_ext.benchmarks._measure.measured`). Memory: with glibc's
 mmap threshold fixed at 128 KiB (:mod:`nnunet_ext.benchmarks._measure`; freed tensors go back to the OS), one
 step on a half-size batch (kernels, optimizer state), then the peak resident set (CUDA: ``max_memory_allocated``)
 of one full step above the level before it: activations and temporaries of forward, loss and backward. Weights,
@@ -40,13 +40,13 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from nnunet_ext.benchmarks._measure import (CALIBRATION_MIB, PeakMeter, calibration_worker, median_within_budget,
-                                            run_worker, scratch_nnunet_folders)
+from nnunet_ext.benchmarks._measure import (CALIBRATION_MIB, PeakMeter, calibration_worker, measured,
+                                            median_within_budget, run_worker, scratch_nnunet_folders, single_thread)
 from nnunet_ext.benchmarks._plans import benchmark_plans
 from nnunet_ext.benchmarks._report import package_version, print_header, table
 
@@ -151,36 +151,6 @@ def measure_training_step(trainer, device: torch.device, measure: str, repeats: 
     if measure in ("memory", "both"):
         result.update(peak_mib=meter.stop(), meter=meter.method)
     return {**result, "loss": state["loss"]}
-
-
-def measured(run_case, module: str, spec: dict, in_process: bool, with_time: bool = True) -> dict:
-    """``spec`` measured as the benchmarks measure: memory in a fresh worker with the memory allocator setting,
-    time (``with_time``) in another with glibc's default allocator (the fixed mmap threshold slows
-    allocation-heavy code, e.g. GLNet's many tile-sized temporaries, by up to 2-3x), merged; ``in_process``: in
-    this process (``run_case({..., "measure": "both"})``, or "memory"). A failed worker gives {"error": its first
-    line}."""
-    try:
-        if in_process:
-            return run_case({**spec, "measure": "both" if with_time else "memory"})
-        memory = run_worker(module, {**spec, "measure": "memory"}, memory=True)
-        if not with_time:
-            return memory
-        return {**memory, **run_worker(module, {**spec, "measure": "time"}, memory=False)}
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
-        lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        killed = next((line for line in lines if "killed" in line), None)
-        return {"error": (killed or (lines[0] if lines else "failed"))[:100]}
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """torch on one thread inside the block (the previous setting restored: matters in-process)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------------- worker

@@ -16,7 +16,7 @@ At the same field of view (one window W), each network configured as its planner
    nnUNetTrainerGLNet with and without ``checkpoint_tiles`` (``--train-bidirectional``: the bidirectional trainer
    too; ``--train-time``: step times too): how training bounds GLNet's memory.
 
-Measuring (:func:`~nnunet_ext.benchmarks.dawmr.measured`): every case runs in fresh single-threaded
+Measuring (:func:`~nnunet_ext.benchmarks._measure.measured`): every case runs in fresh single-threaded
 subprocesses. Memory: glibc's mmap threshold fixed at 128 KiB (:mod:`nnunet_ext.benchmarks._measure`), a call on
 a half-size window first (kernels; in training the optimizer state), then the peak resident set (CUDA:
 ``max_memory_allocated``) of one call above the level before it: activations and the output, not the weights or
@@ -44,12 +44,11 @@ from collections.abc import Sequence
 
 import torch
 
-from nnunet_ext.benchmarks._measure import (CALIBRATION_MIB, PeakMeter, calibration_worker, median_within_budget,
-                                            run_worker, scratch_nnunet_folders)
+from nnunet_ext.benchmarks._measure import (CALIBRATION_MIB, PeakMeter, calibration_worker, measured,
+                                            median_within_budget, run_worker, scratch_nnunet_folders, single_thread, timed)
 from nnunet_ext.benchmarks._plans import benchmark_plans, planner_like_configuration
 from nnunet_ext.benchmarks._report import package_version, print_header, table
-from nnunet_ext.benchmarks.dawmr import (build_trainer, half_patch, input_multiple, measure_training_step, measured,
-                                         single_thread)
+from nnunet_ext.benchmarks.dawmr import build_trainer, half_patch, input_multiple, measure_training_step
 
 _WORKER = "nnunet_ext.benchmarks.glnet"
 GLNET = "nnunet_ext.networks.glnet.GLNet"
@@ -172,14 +171,8 @@ def throughput_gflops(dim: int) -> float:
     flops = 2.0 * x[0, 0].numel() * 32 * 32 * 3 ** dim
     with torch.inference_mode():
         conv(x)
-        best = min(_seconds(lambda: conv(x)) for _ in range(3))
+        best = min(timed(lambda: conv(x)) for _ in range(3))
     return flops / best / 1e9
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------------------------------- worker
@@ -248,7 +241,7 @@ def _worker(spec_json: str) -> int:
 
 
 def measure(spec: dict, in_process: bool, with_time: bool = True) -> dict:
-    """Memory (and time) of a case (:func:`~nnunet_ext.benchmarks.dawmr.measured`: fresh workers, or here)."""
+    """Memory (and time) of a case (:func:`~nnunet_ext.benchmarks._measure.measured`: fresh workers, or here)."""
     return measured(run_case, _WORKER, spec, in_process, with_time)
 
 

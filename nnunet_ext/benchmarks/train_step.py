@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import tempfile
 import time
 
 import torch
 
-from nnunet_ext.benchmarks._measure import MIB, PeakMeter, run_worker
+from nnunet_ext.benchmarks._measure import MIB, PeakMeter, run_worker, scratch_nnunet_folders
 from nnunet_ext.benchmarks._plans import benchmark_plans
 from nnunet_ext.benchmarks._report import package_version, print_header, table
 
@@ -91,37 +89,33 @@ def _build(trainer_name: str, spec: dict):
 def _worker(spec_json: str) -> int:
     spec = json.loads(spec_json)
     device = torch.device(spec["device"])
-    scratch = tempfile.mkdtemp(prefix="nnunet_ext_train_step_")  # the trainer writes its log under nnUNet_results
-    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[variable] = scratch
     torch.manual_seed(0)
     try:
-        trainer, compiled = _build(spec["trainer"], spec)
-        batches = _prepared_batches(trainer, 2)
-        start = time.perf_counter()
-        for step in range(spec["warmup"]):
-            trainer.train_step(batches[step % len(batches)])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        warmup_s = time.perf_counter() - start
-        meter = PeakMeter(device)
-        meter.start()
-        times = []
-        for step in range(spec["steps"]):
+        with scratch_nnunet_folders():  # the trainer writes its log under nnUNet_results
+            trainer, compiled = _build(spec["trainer"], spec)
+            batches = _prepared_batches(trainer, 2)
             start = time.perf_counter()
-            result = trainer.train_step(batches[step % len(batches)])
+            for step in range(spec["warmup"]):
+                trainer.train_step(batches[step % len(batches)])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        peak = meter.stop()
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) / MIB  # the whole step, weights included
-        print("RESULT " + json.dumps({"step_s": statistics.median(times), "warmup_s": warmup_s, "peak_mib": peak,
-                                      "compiled": compiled, "loss": float(result["loss"]), "meter": meter.method}))
+            warmup_s = time.perf_counter() - start
+            meter = PeakMeter(device)
+            meter.start()
+            times = []
+            for step in range(spec["steps"]):
+                start = time.perf_counter()
+                result = trainer.train_step(batches[step % len(batches)])
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+            peak = meter.stop()
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device) / MIB  # the whole step, weights included
+            print("RESULT " + json.dumps({"step_s": statistics.median(times), "warmup_s": warmup_s, "peak_mib": peak,
+                                          "compiled": compiled, "loss": float(result["loss"]), "meter": meter.method}))
     except torch.cuda.OutOfMemoryError as error:
         print("RESULT " + json.dumps({"error": f"out of CUDA memory ({str(error).splitlines()[0][:80]})"}))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
