@@ -319,3 +319,8 @@ register_loss(Loss(
     "epochs, then ramped in over the next {led_ramp:.0%})",
     attributes={"led_window": 7, "led_alpha": 10.0, "led_max_weight": 10.0, "led_warmup": 0.1, "led_ramp": 0.1},
     mixin="nnunet_ext.trainers.led.LEDMixin"))
+register_loss(Loss(
+    "Focal",
+    "Dice + focal loss in place of CE (-(1 - p_t)^{focal_gamma} log p_t, Lin et al.; GLNet's code trains with one)",
+    attributes={"focal_gamma": 2.0},
+    mixin="nnunet_ext.trainers.focal.FocalMixin"))
