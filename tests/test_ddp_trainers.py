@@ -3,8 +3,8 @@
 nnU-Net wraps the network in DDP without ``find_unused_parameters``: a parameter that receives no gradient in a
 step makes the next step fail. Each rank builds the trainer on tiny plans (as nnU-Net's DDP ranks do, with the
 process group initialised, so the trainer's loss all-gathers its sums), wraps its network in DDP and runs three
-of the trainer's own ``train_step`` calls on its own batch; afterwards the replicas must be identical and every
-weight must have moved.
+of the trainer's own ``train_step`` calls on its own batch (GLNet's staged trainer: three in each of its two stages,
+which freeze different parts); afterwards the replicas must be identical and every weight must have moved.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_avail
               pytest.mark.slow]  # two spawned processes
 STEPS = 3
 TRAINERS = ["nnUNetTrainerUNetPlusPlus", "nnUNetTrainerGLNet", "nnUNetTrainerGLNet_bidirectional",
-            "nnUNetTrainerDAWMRLED", "nnUNetTrainerLED"]
+            "nnUNetTrainerGLNet_staged", "nnUNetTrainerDAWMRLED", "nnUNetTrainerLED"]
 
 
 def _run_trainer(trainer_name: str, rank: int) -> dict:
@@ -45,9 +45,18 @@ def _run_trainer(trainer_name: str, rank: int) -> dict:
     for module in trainer.loss.modules():  # LED at full strength (it is warmed up in the first epochs)
         if hasattr(module, "strength"):
             module.strength = 1.0
-    losses = [float(trainer.train_step(training_batch(trainer, seed=10 * rank + step))["loss"])
-              for step in range(STEPS)]
-    return {"state": net.state_dict(), "initial": initial, "losses": losses}
+    # GLNet's staged schedule: stage 1 (global branch only), then stage 2 (local branch only); each stage freezes
+    # the other part, so the trainer must wrap the network in DDP anew or the next step fails
+    epochs = [0, trainer.num_epochs - 1] if getattr(trainer, "glnet_stages", None) else [None]
+    losses, stages = [], []
+    for epoch in epochs:
+        if epoch is not None:
+            trainer.current_epoch = epoch
+            trainer.on_train_epoch_start()
+            stages.append(trainer.glnet_stage)
+        losses += [float(trainer.train_step(training_batch(trainer, seed=10 * rank + step))["loss"])
+                   for step in range(STEPS)]
+    return {"state": net.state_dict(), "initial": initial, "losses": losses, "stages": stages}
 
 
 def _worker(rank: int, port: int, result_dir: str, env: dict) -> None:
@@ -104,3 +113,5 @@ def test_ddp_training_steps_have_no_unused_parameters(trainer_name, ddp_results)
     unchanged = [k for k in weights if torch.equal(first["state"][k], first["initial"][k])]
     assert weights and not unchanged
     assert first["losses"] != second["losses"]  # the ranks saw different batches
+    if trainer_name.endswith("_staged"):
+        assert first["stages"] == second["stages"] == [1, 2]

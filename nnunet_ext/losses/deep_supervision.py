@@ -25,7 +25,8 @@ class FullResolutionDeepSupervision(DeepSupervisionWrapper):
 
     outputs: list of K (B, C, *spatial) logits; target: a list of 1 (the data loader then makes one target
     instead of K identical ones) or of K targets. Unlike nnU-Net's wrapper, a length mismatch is an error rather
-    than a silent truncation, and every weight must be > 0 (DDP needs a gradient for every head).
+    than a silent truncation, and every weight must be > 0 (DDP needs a gradient for every head). A schedule that
+    freezes a head may set its weight to 0 afterwards (``weight_factors``): that output's loss is then skipped.
     """
 
     def __init__(self, loss: torch.nn.Module, weight_factors: Sequence[float]):
@@ -42,7 +43,7 @@ class FullResolutionDeepSupervision(DeepSupervisionWrapper):
                              f"{len(outputs)} outputs and {len(targets)} targets")
         if len(targets) == 1:
             targets = list(targets) * len(outputs)
-        return sum(w * self.loss(o, t) for w, o, t in zip(self.weight_factors, outputs, targets))
+        return sum(w * self.loss(o, t) for w, o, t in zip(self.weight_factors, outputs, targets) if w)
 
 
 class NetworkAuxiliaryLoss(torch.nn.Module):
