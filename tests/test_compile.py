@@ -17,9 +17,9 @@ Values and gradients equal eager mode (float32; rtol 1e-4 / atol 1e-5 for values
 largest magnitude). Backends, chosen by measured compile time on 2 cores (inductor's Python-side lowering
 dominates; numbers at ``INDUCTOR_NETWORK_CASES``):
 
-* ``inductor``: each core loss module (Skeleton Recall, clDice with its custom autograd Function, border-weighted
-  and LED-weighted Dice+CE), 2D, and the smallest network of each architecture in 2D (2 stages, one conv per
-  stage; ``SMALLEST_OPTIONS`` shrinks a network's own options), training forward and backward;
+* ``inductor``: each core loss module (Skeleton Recall, clDice with its custom autograd Function, border-weighted,
+  LED-weighted Dice+CE and Dice+focal), 2D, and the smallest network of each architecture in 2D (2 stages, one
+  conv per stage; ``SMALLEST_OPTIONS`` shrinks a network's own options), training forward and backward;
 * ``aot_eager`` (dynamo + AOTAutograd's forward/backward graphs run by eager kernels, no code generation) in 2D
   and dynamo alone in 3D: every network with deep supervision on, off and in evaluation; every trainer loss
   (clDice with 3 skeleton iterations); nnU-Net's own compile path.
@@ -53,6 +53,7 @@ from conftest import make_tiny_trainer, tiny_plans, training_batch
 from nnunet_ext import trainers
 from nnunet_ext.losses.border_weighted import BorderWeightedDiceCELoss
 from nnunet_ext.losses.cldice import SoftClDiceLoss
+from nnunet_ext.losses.focal import DiceFocalLoss
 from nnunet_ext.losses.led import LEDWeightedDiceCELoss
 from nnunet_ext.losses.skeleton_recall import SoftSkeletonRecallLoss
 from nnunet_ext.trainers import registry
@@ -382,6 +383,8 @@ def core_loss_cases(dim: int) -> dict[str, tuple[torch.nn.Module, torch.Tensor, 
                             torch.cat([with_ignore.float(), weights], 1)),
         "led": (LEDWeightedDiceCELoss(_dice_ce(), window=3, strength=1.0), logits, labels),
         "led_regions_half": (LEDWeightedDiceCELoss(_dice_bce(), window=5, strength=0.5), logits[:, :2], regions),
+        "focal_ignore": (DiceFocalLoss(_dice_ce(ignore_label=3), gamma=2.0), logits, with_ignore),
+        "focal_regions": (DiceFocalLoss(_dice_bce(), gamma=3.0), logits[:, :2], regions),
     }
 
 
