@@ -309,7 +309,7 @@ from nnunet_ext.benchmarks import _thick_vessels as vessels  # noqa: E402
 
 @pytest.mark.parametrize("kind, trainers, dims", [
     ("tubes", None, [2, 3]),
-    ("context", ["nnUNetTrainer", "nnUNetTrainerGLNet"], [2]),
+    ("context", ["nnUNetTrainer", "nnUNetTrainerGLNet", "nnUNetTrainerGLNet_bidirectional"], [2]),
     ("em", ["nnUNetTrainer", "nnUNetTrainerDAWMR", "nnUNetTrainerLED", "nnUNetTrainerDAWMRLED"], [2]),
     ("trees", ["nnUNetTrainer", "nnUNetTrainerSkelRecall_w1", "nnUNetTrainerSkelRecall_w0p1", "nnUNetTrainerClDice"],
      [3]),

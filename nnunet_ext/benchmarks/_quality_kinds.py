@@ -124,7 +124,9 @@ def _tube_trainers() -> list[str]:
 
 
 def _context_trainers() -> list[str]:
-    return [trainer_name(), trainer_name("GLNet")]
+    """nnU-Net, GLNet with global-to-local sharing (the default) and with local-to-global too (the paper's
+    bidirectional GLNet), so one run compares both sharing modes on the same data."""
+    return [trainer_name(), trainer_name("GLNet"), trainer_name("GLNet", variant="bidirectional")]
 
 
 def _em_trainers() -> list[str]:

@@ -9,7 +9,8 @@ kinds (:mod:`nnunet_ext.benchmarks._quality_kinds`), each with its default train
   ClDice and every registered network; Dice, clDice, Betti errors.
 - ``context``: a structure's class is set by a marker far away (planned at a small VRAM target, so that
   nnU-Net's patch never sees both; GLNet's planner at the same target covers the image); nnUNetTrainer vs
-  nnUNetTrainerGLNet; Dice per class, class-agnostic Dice, structures classed right.
+  nnUNetTrainerGLNet and nnUNetTrainerGLNet_bidirectional; Dice per class, class-agnostic Dice, structures classed
+  right.
 - ``em``: EM-like cells with faint membrane gaps; nnUNetTrainer, DAWMR, LED, DAWMR+LED; adapted Rand error and
   VI (split / merge) against the reference cells, membrane Dice.
 - ``trees``: thin and thick 3D vessel trees (two classes, spacing (2, 1, 1)) on the same seeds; nnUNetTrainer,
