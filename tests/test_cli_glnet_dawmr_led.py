@@ -47,8 +47,15 @@ def test_glnet_2d_plans_train_predict_and_validate(nnunet_env):
     assert all(w >= 2 * d for w, d in zip(glnet["patch_size"], default["patch_size"]))  # several times the patch
     strides = np.prod(np.array(kwargs["strides"]), axis=0)
     assert all(w % (g * s) == 0 for w, g, s in zip(glnet["patch_size"], kwargs["tile_grid"], strides))
-    trainer = "nnUNetTrainerGLNet_short"
+    # the staged schedule over two epochs: stage 1 (global branch) in epoch 0, stage 2 (local branch) in epoch 1
+    trainer, env = "nnUNetTrainerGLNet_staged_short", {**env, "NNUNET_EXT_EPOCHS": "2"}
     fold = _train_and_predict(971, raw, "2d", trainer, env, "nnUNetPlans_GLNet", raw.parent / "pred_glnet_2d")
+    log = "".join(path.read_text() for path in fold.glob("training_log_*.txt"))
+    assert "GLNet stage 1: training global_branch, decoder.global_head" in log
+    assert "GLNet stage 2: training local_branch, decoder.aggregation, decoder.local_head" in log
+    assert log.index("Epoch 0") < log.index("GLNet stage 1") < log.index("Epoch 1") < log.index("GLNet stage 2")
+    # the window holds the whole (median) image: no foreground crops that would shift it out of view
+    assert "GLNet: foreground oversampling 0 instead of nnU-Net's 0.33" in log
     state = assert_trained(fold, trainer)["network_weights"]
     assert any(k.startswith("global_branch.") for k in state) and any(k.startswith("local_branch.") for k in state)
     assert not any(".seg_layers." in k for k in state)  # -pretrained_weights would re-initialise those

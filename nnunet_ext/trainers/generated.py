@@ -1,7 +1,7 @@
 """The trainer classes, declared from :mod:`nnunet_ext.trainers.registry` (see its naming rule).
 
 Each class is created in this module, so it pickles to ``nnunet_ext.trainers.generated.<name>`` (spawned data
-loader workers and DDP ranks find it). Bases, mixins first: the loss's mixin, the architecture's own mixin (if
+loader workers and DDP ranks find it). Bases, mixins first: the loss's mixin, the architecture's own mixins (if
 any), the architecture mixin, the checks every nnunet-ext trainer has (labels before training, topology summary
 after validation), nnU-Net's trainer; the ``_short`` classes add the short schedule on top; a variant sets its class
 attributes.
@@ -55,8 +55,7 @@ def _bases(spec: registry.TrainerSpec) -> tuple[type, ...]:
         bases = ()
         if spec.loss.name:
             bases += (_mixin(spec.loss.mixin),)
-        if spec.architecture.mixin:
-            bases += (_mixin(spec.architecture.mixin),)
+        bases += tuple(_mixin(path) for path in spec.architecture.mixins)
         if spec.architecture.name:
             bases += (RegisteredArchitectureMixin,)
         bases += COMMON_BASES

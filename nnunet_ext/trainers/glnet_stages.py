@@ -88,12 +88,12 @@ class GLNetStagesMixin:
                                  "without it")
 
     def on_train_epoch_start(self):
+        super().on_train_epoch_start()  # nnU-Net's epoch header first, so the stage is logged under it
         stages = self.staged_schedule()
         if stages is not None:
             stage = stage_at(self.current_epoch, self.num_epochs, stages)
             if stage != getattr(self, "glnet_stage", None):
                 self.set_glnet_stage(stage)
-        super().on_train_epoch_start()
 
     def set_glnet_stage(self, stage: int) -> None:
         """Freeze and unfreeze GLNet's parts, set the loss weights and the feature regularisation for ``stage``,

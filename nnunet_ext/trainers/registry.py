@@ -83,8 +83,8 @@ class Architecture(Component):
       trainer adds it to the loss (e.g. GLNet's feature regularisation).
     - ``plans_defaults``: dotted path of ``(patch_size, arch_kwargs) -> keyword defaults`` for plans that do not
       set the network's own options (nnU-Net's default plans), e.g. GLNet's tile grid.
-    - ``mixin``: dotted path of a trainer mixin for training behaviour of this network alone (e.g. GLNet's staged
-      schedule), placed before the generic architecture mixin; None for none.
+    - ``mixins``: dotted paths of trainer mixins for training behaviour of this network alone (e.g. GLNet's window
+      sampling and staged schedule), placed before the generic architecture mixin, first one outermost.
     """
     network: str = ""
     key: str = ""
@@ -96,7 +96,7 @@ class Architecture(Component):
     plans_name: str | None = None
     auxiliary_loss: bool = False
     plans_defaults: str | None = None
-    mixin: str | None = None
+    mixins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ register_architecture(Architecture(
     "[fused, local, global] at full resolution (weights 1 : {glnet_auxiliary_weight} : {glnet_auxiliary_weight})",
     attributes={"glnet_auxiliary_weight": 0.5, "glnet_tile_grid": None, "glnet_local_to_global": None,
                 "glnet_feature_regularization": None, "glnet_tiles_per_batch": None, "glnet_checkpoint_tiles": None,
-                "glnet_stages": None},
+                "glnet_stages": None, "glnet_foreground_oversampling": None},
     variants=(Variant("bidirectional", {"glnet_local_to_global": True},
                       "local-to-global sharing too (the paper's deep bidirectional GLNet)"),
               Variant("staged", {"glnet_stages": (0.3,)},
@@ -289,7 +289,8 @@ register_architecture(Architecture(
              "feature_regularization": "glnet_feature_regularization", "tiles_per_batch": "glnet_tiles_per_batch",
              "checkpoint_tiles": "glnet_checkpoint_tiles"},
     output_weights=glnet_output_weights, auxiliary_loss=True, plans_defaults="nnunet_ext.networks.glnet.plans_defaults",
-    mixin="nnunet_ext.trainers.glnet_stages.GLNetStagesMixin",
+    mixins=("nnunet_ext.trainers.glnet_sampling.GLNetSamplingMixin",
+            "nnunet_ext.trainers.glnet_stages.GLNetStagesMixin"),
     planner="nnunet_ext.networks.planning.GLNetPlanner", plans_name="nnUNetPlans_GLNet"))
 register_architecture(Architecture(
     "DAWMR",
