@@ -33,6 +33,11 @@ margin 256 px; they scale with the image):
   that sees the marker and the structure together (a window or global view of the whole image, e.g. GLNet's
   global branch, which still resolves the ring: 7 px outer radius, 2 px wide at 4x downsampling) can get every
   class right.
+- The marker sits in a corner, so a training window that holds the whole image only keeps it in view if it is
+  not shifted: nnU-Net's foreground-centred crops (a third of each batch) shift it by up to half the image and
+  cut the marker (from 54% of the samples at 256² with nnU-Net's sampling), rotation and scaling sometimes do
+  (10%). GLNet trainers therefore sample no foreground crops where their window holds the image
+  (:mod:`nnunet_ext.trainers.glnet_sampling`).
 
 nnU-Net 2.8.1's planner keeps a 512² image whole as its 2D patch at its default 8 GB target (and at 2 GB); it
 plans 448² at ``-gpu_memory_target 1``, 320x256 at 0.5, 224² at 0.25, 128² at 0.1 and 96² at 0.05. For 128³ in
