@@ -484,6 +484,15 @@ def test_run_one_wires_plans_evaluation_and_analysis_per_kind(tmp_path, monkeypa
     result = quality.run_one(trees, "nnUNetTrainerSkelRecall_w1", budget, {}, tmp_path / "work")
     assert calls["analyse"] == "trees" and result["metrics"]["B0_breaks"] == 2.0
     assert result["config"]["variant"] == "thick"
+    # reused: not trained again, but the analysis runs again on the kept predictions (new measures reach it)
+    calls.clear()
+    Path(result["prediction_folder"]).mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(runs, "analyse", lambda *a, **k: {"foreground_mean": {"B0_breaks": 1.0, "Class_swapped": 0.5}})
+    again = quality.run_one(trees, "nnUNetTrainerSkelRecall_w1", budget, {}, tmp_path / "work")
+    assert "train" not in calls and again["metrics"]["B0_breaks"] == 1.0 and again["metrics"]["Class_swapped"] == 0.5
+    stored = json.loads((Path(result["analysis_file"]).parent / "result.json").read_text())
+    assert stored["metrics"]["Class_swapped"] == 0.5 and stored["metrics"]["Dice"] == result["metrics"]["Dice"]
+    monkeypatch.setattr(runs, "analyse", analyse)
 
     calls.clear()
     context = _dataset(tmp_path, "context")
@@ -528,7 +537,8 @@ def test_prepare_plans_glnet_at_the_kinds_target_and_reduces_both_plans(tmp_path
 
 def _tree_result(trainer: str, seed: int, dice: float, breaks: float, dataset: str) -> dict:
     result = _result(trainer, seed, dice, 1.0, dataset=dataset)
-    result["metrics"].update(clDice=dice, B0_breaks=breaks, B0_false_blobs=0.5, Comp_FP=1.0)
+    result["metrics"].update(clDice=dice, B0_breaks=breaks, B0_false_blobs=0.5, Comp_FP=1.0,
+                             Fg_betti0_error=breaks / 2)
     return result
 
 
@@ -551,6 +561,10 @@ def test_tree_report_has_the_main_and_the_betti0_tables_per_variant(tmp_path):
         differences = breakdown.split("mean ± std over seeds:\n\n", 1)[1]
         assert _parse_markdown(differences.split("\n\n", 1)[0])[1] == [["`nnUNetTrainerSkelRecall_w1_short`",
                                                                         "2.00 ± 0.00", "0.00 ± 0.00"]]
+        merged = text.split(f"### 3D {variant} trees: wrong class or wrong shape", 1)[1]
+        header, body = _parse_markdown(merged.split("\n\n", 3)[2])
+        assert header == ["Trainer", "seeds", "Betti-0 error ↓", "Betti-0 error, classes merged ↓"]
+        assert body[1][3] == "1.50 ± 0.00"
     assert text.rstrip().endswith("## extra section")
 
 
@@ -602,6 +616,25 @@ def test_tree_breakdown_counts_breaks_false_blobs_wrong_class_and_missed_trees()
     assert [empty["per_label"][c]["B0_missed"] for c in (1, 2)] == [1, 1]
 
 
+def test_class_merged_measures_tell_a_class_flip_from_a_break():
+    shape = (5, 12, 30)
+    reference = np.zeros(shape, np.uint8)
+    reference[2, 2, 2:28] = 1
+    reference[2, 9, 2:28] = 2
+    flipped = reference.copy()
+    flipped[2, 2, 10:16] = 2                                     # tree 1 whole, 6 of its 26 voxels labelled 2
+    case = analysis.tree_case_metrics(reference, flipped, [1, 2])
+    assert case["per_label"][1]["B0_breaks"] == 1 and case["per_label"][2]["B0_wrong_class"] == 1
+    assert case["Fg_betti0_error"] == 0
+    assert case["Class_swapped"] == pytest.approx(6 / 52)
+    broken = reference.copy()
+    broken[2, 2, 10:16] = 0                                      # the same voxels missing: a real break
+    case = analysis.tree_case_metrics(reference, broken, [1, 2])
+    assert case["per_label"][1]["B0_breaks"] == 1 and case["Fg_betti0_error"] == 1
+    assert case["Class_swapped"] == 0.0
+    assert math.isnan(analysis.tree_case_metrics(reference, np.zeros(shape, np.uint8), [1, 2])["Class_swapped"])
+
+
 def test_context_accuracy_counts_structures_by_their_majority_class():
     reference = np.zeros((20, 20), np.uint8)
     reference[1:4, 1:4] = 2                                      # right: mostly 2
@@ -630,6 +663,7 @@ def test_analysis_cli_writes_the_foreground_mean(tmp_path):
     means = json.loads((tmp_path / "out.json").read_text())["foreground_mean"]
     assert means["B0_missed"] == pytest.approx(0.25)   # case b misses tree 2: (0 + 1) / 2 classes / 2 cases
     assert means["B0_breaks"] == 0 and means["Fg_merged"] == 0
+    assert means["Fg_betti0_error"] == pytest.approx(0.5) and means["Class_swapped"] == 0  # b: 1 vessel of 2
     (prediction / "b.nii.gz").unlink()
     assert analysis.main(["trees", str(reference), str(prediction), "-o", str(tmp_path / "x.json")]) == 1
 

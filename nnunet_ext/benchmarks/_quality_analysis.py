@@ -20,6 +20,11 @@ wrong-class - missed exactly (``B0_difference`` holds the left side). ``Class_bl
 that also overlap another class's reference (a class-c prediction running into the other tree); per case,
 ``Fg_merged``: components of the binary prediction (any class) overlapping the references of two or more classes.
 
+Two per-case measures with the classes merged tell a wrong class from a wrong shape: ``Fg_betti0_error`` =
+|b0(prediction > 0) - b0(reference > 0)|, the Betti-0 error of the vessels whatever their class (a tree found in
+one piece whose class flips along it has none), and ``Class_swapped``, the share of the reference vessel voxels
+predicted as vessel that carry another class's label (NaN where no vessel voxel is predicted).
+
 ``foreground_mean`` is the mean over cases of the per-case mean over classes, the order of ``nnunet-ext
 evaluate``'s foreground mean when no value is NaN.
 """
@@ -36,6 +41,7 @@ import cc3d
 import numpy as np
 
 TREE_KEYS = ("B0_breaks", "B0_false_blobs", "B0_wrong_class", "B0_missed", "Class_bleeds", "B0_difference")
+TREE_CASE_KEYS = ("Fg_merged", "Fg_betti0_error", "Class_swapped")
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -98,10 +104,21 @@ def foreground_merges(reference: np.ndarray, prediction: np.ndarray) -> int:
     return int((classes_per_component >= 2).sum())
 
 
+def class_swapped(reference: np.ndarray, prediction: np.ndarray) -> float:
+    """Share of the reference foreground voxels predicted as foreground whose predicted label differs (NaN if
+    none is predicted as foreground)."""
+    found = (reference > 0) & (prediction > 0)
+    count = int(found.sum())
+    return float((reference[found] != prediction[found]).sum() / count) if count else math.nan
+
+
 def tree_case_metrics(reference: np.ndarray, prediction: np.ndarray, labels: Sequence[int]) -> dict:
-    """{"per_label": {label: class metrics}, "Fg_merged": int} of one case."""
+    """{"per_label": {label: class metrics}, "Fg_merged": int, "Fg_betti0_error": int, "Class_swapped": float}
+    of one case."""
     return {"per_label": {int(label): tree_class_metrics(reference, prediction, int(label)) for label in labels},
-            "Fg_merged": foreground_merges(reference, prediction)}
+            "Fg_merged": foreground_merges(reference, prediction),
+            "Fg_betti0_error": abs(_components(prediction > 0)[1] - _components(reference > 0)[1]),
+            "Class_swapped": class_swapped(reference, prediction)}
 
 
 def _read(path: Path) -> np.ndarray:
@@ -144,7 +161,7 @@ def analyse_folders(mode: str, reference: Path, prediction: Path) -> dict:
         means = {"Class_accuracy": _mean(c["Class_accuracy"] for c in per_case)}
     else:
         means = {key: _mean(_mean(m[key] for m in c["per_label"].values()) for c in per_case) for key in TREE_KEYS}
-        means["Fg_merged"] = _mean(c["Fg_merged"] for c in per_case)
+        means.update({key: _mean(c[key] for c in per_case) for key in TREE_CASE_KEYS})
     return {"mode": mode, "foreground_mean": means, "per_case": per_case}
 
 

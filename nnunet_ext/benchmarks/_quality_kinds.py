@@ -227,7 +227,13 @@ TREES = _register(Kind(
                   "in pieces); missed = reference trees no component overlaps. Betti-0 pred - ref = breaks + "
                   "false blobs + wrong-class - missed. Class bleeds: on-tree components of c that also overlap the "
                   "other class's tree; foreground merges: components of the binary prediction (any class) that "
-                  "overlap both trees.")),
+                  "overlap both trees."),
+            Table("Wrong class or wrong shape", ("Betti0_error", "Fg_betti0_error", "Class_swapped"),
+                  "The same predictions with the two classes merged into one vessel label: the Betti-0 error of "
+                  "the vessels whatever their class (per case), next to the per-class one above; vessel voxels of "
+                  "the other class: the share of the reference vessel voxels predicted as vessel that carry the "
+                  "other tree's class. A tree found in one piece whose class flips along it adds to the per-class "
+                  "Betti-0 error only.")),
     budgets={
         "cpu": DataSettings(dims=(3,), size={3: (32, 64, 64)}, cases={3: (10, 4)}, schedule={3: Schedule(8, 5, 1)}),
         "gpu": DataSettings(dims=(3,), size={3: (48, 96, 96)}, cases={3: (30, 10)}, schedule={3: Schedule()}),

@@ -27,6 +27,7 @@ METRICS: dict[str, tuple[str, int]] = {
     # trees: where the Betti-0 errors come from (_quality_analysis)
     "B0_breaks": ("breaks ↓", 2), "B0_false_blobs": ("false blobs ↓", 2), "B0_wrong_class": ("wrong-class ↓", 2),
     "B0_missed": ("missed trees ↓", 2), "Class_bleeds": ("class bleeds ↓", 2), "Fg_merged": ("fg merges ↓", 2),
+    "Fg_betti0_error": ("Betti-0 error, classes merged ↓", 2), "Class_swapped": ("vessel voxels of the other class ↓", 3),
 }
 GB = 1024 ** 3
 
