@@ -346,6 +346,10 @@ def test_generated_datasets_of_the_tree_kind_pair_thin_and_thick_on_the_same_see
     assert kinds.TREES.variant("thin").options["radius"] == (1.0, 2.0)
     only = setup.generated_datasets(tmp_path, [3], (1,), kinds.TREES, ["thick"])
     assert [d.name for d in only] == ["Dataset901_QualityThickTrees3D_seed1"]
+    control = setup.generated_datasets(tmp_path, [3], (0,), kinds.TREES, ["thick", "thick1"])   # only when named
+    assert [d.name for d in control] == ["Dataset900_QualityThickTrees3D_seed0",
+                                         "Dataset300_QualityThickTreesOneLabel3D_seed0"]
+    assert kinds.TREES.variant("thick1").options == {"radius": (3.0, 4.5), "one_label": True}
     ids = [v.id_base[d] for k in kinds.KINDS.values() for v in k.variants for d in v.id_base]
     assert len(set(ids)) == len(ids) and all(i + setup.MAX_GENERATED_SEED <= 999 for i in ids)
     assert len({i // 100 for i in ids}) == len(ids)  # 100 apart: no two kinds share an id for seeds 0..99

@@ -238,6 +238,20 @@ def test_tree_dataset_files_carry_the_anisotropic_spacing(tmp_path):
     assert os.path.basename(thin) == "Dataset010_ThinTrees3D" and not os.listdir(os.path.join(thin, "imagesTs"))
 
 
+def test_one_label_tree_dataset_has_the_same_images_and_trees_under_one_label(tmp_path):
+    options = dict(n_train=1, n_test=1, shape=(24, 48, 48), raw_root=tmp_path, radius=(2.0, 3.0), depth=2, seed=4)
+    two = write_thick_tree_dataset(11, name="Two", **options)
+    one = write_thick_tree_dataset(12, name="One", one_label=True, **options)
+    assert json.loads(Path(one, "dataset.json").read_text())["labels"] == {"background": 0, "vessel": 1}
+    for part, case in (("Tr", "tree_0000"), ("Ts", "tree_0001")):
+        image_two, _ = _read(os.path.join(two, f"images{part}", f"{case}_0000.nii.gz"))
+        image_one, _ = _read(os.path.join(one, f"images{part}", f"{case}_0000.nii.gz"))
+        label_two, _ = _read(os.path.join(two, f"labels{part}", f"{case}.nii.gz"))
+        label_one, _ = _read(os.path.join(one, f"labels{part}", f"{case}.nii.gz"))
+        assert np.array_equal(image_one, image_two)
+        assert set(np.unique(label_two)) == {0, 1, 2} and np.array_equal(label_one, (label_two > 0).astype(np.uint8))
+
+
 # ------------------------------------------------------------------------------------------ writers
 
 WRITERS = {

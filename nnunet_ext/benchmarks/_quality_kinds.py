@@ -48,6 +48,7 @@ class Variant:
     stem: str
     id_base: dict[int, int]
     options: Mapping[str, Any] = field(default_factory=dict)
+    default: bool = True        # run without --variants (False: only when named)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,10 @@ TREES = _register(Kind(
     name="trees", summary="thin and thick branching 3D vessel trees, two classes, anisotropic spacing (2, 1, 1)",
     dims=(3,),
     variants=(Variant("thin", "thin trees", "ThinTrees", {3: 600}, {"radius": (1.0, 2.0)}),
-              Variant("thick", "thick trees", "ThickTrees", {3: 900}, {"radius": (3.0, 4.5)})),
+              Variant("thick", "thick trees", "ThickTrees", {3: 900}, {"radius": (3.0, 4.5)}),
+              # control, only with --variants: the thick trees' images and trees with both trees labelled 1
+              Variant("thick1", "thick trees, one label", "ThickTreesOneLabel", {3: 300},
+                      {"radius": (3.0, 4.5), "one_label": True}, default=False)),
     trainers=_tree_trainers,
     tables=(Table(None, ("Dice", "clDice", "Betti0_error", "Betti1_error", "Comp_FP", "Comp_split",
                          "Comp_merged")),
@@ -241,7 +245,8 @@ TREES = _register(Kind(
     write=_write_trees, families=("dice", "cldice", "betti", "components"), analysis="trees",
     notes=("trees: each seed generates a thin and a thick dataset with the same seed (different trees: the radius "
            "changes which segments fit); spacing (2, 1, 1) mm, two classes (two trees that never touch), "
-           "radius in mm: thin 1-2, thick 3-4.5 (1.5-2.25 voxels along axis 0).",),
+           "radius in mm: thin 1-2, thick 3-4.5 (1.5-2.25 voxels along axis 0); thick1 (only with --variants): "
+           "the thick trees with both trees labelled 1, a control in which no class has to be told apart.",),
     metrics_text="Betti errors are |b_pred - b_ref| per case and class; Comp_FP: predicted components not matched "
                  "one-to-one to a reference component at IoU >= 0.5 (false blobs and pieces); Comp_split: "
                  "reference components overlapped by >= 2 predicted components (breaks); Comp_merged: predicted "

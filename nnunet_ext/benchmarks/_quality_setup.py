@@ -177,13 +177,13 @@ class Dataset:
 def generated_datasets(workdir: Path, dims: list[int], seeds: tuple[int, ...], kind=None,
                        variants: list[str] | None = None) -> list[Dataset]:
     """One generated dataset per (variant, dim, seed) of ``kind`` (default: tubes), all inside ``workdir``;
-    ``variants`` (keys) restricts the kind's variants."""
+    ``variants`` (keys) chooses the kind's variants (default: those marked ``default``)."""
     if kind is None:
         from nnunet_ext.benchmarks._quality_kinds import TUBES as kind
     bad = [s for s in seeds if s > MAX_GENERATED_SEED]
     if bad:
         raise ValueError(f"generated datasets take seeds 0..{MAX_GENERATED_SEED}, got {bad}")
-    chosen = [kind.variant(key) for key in variants] if variants else list(kind.variants)
+    chosen = [kind.variant(key) for key in variants] if variants else [v for v in kind.variants if v.default]
     return [Dataset(f"{dim}D {variant.label}", variant.id_base[dim] + seed, seed, dim,
                     "2d" if dim == 2 else "3d_fullres", workdir / "nnUNet_raw", workdir / "nnUNet_preprocessed",
                     workdir / "nnUNet_results" / f"seed_{seed}", True, kind.name, variant.key, variant.stem)

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="generated data and its trainers and metrics: " + "; ".join(
                             f"{k.name}: {k.summary}" for k in KINDS.values()) + " (default tubes)")
     parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
-                        help="only these variants of the kind (trees: thin thick; default: all)")
+                        help="only these variants of the kind (trees: thin thick thick1, the thick trees "
+                             "with one label for both; default: trees thin thick)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="cpu (default) or gpu")
     parser.add_argument("--dataset", type=int, action="append", default=None, metavar="ID",
                         help="your nnU-Net raw dataset ID (repeatable) instead of the generated ones")

@@ -248,11 +248,14 @@ def write_thick_tree_dataset(dataset_id: int, n_train: int = 10, n_test: int = 4
                              shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0,
                              spacing: Sequence[float] = DEFAULT_SPACING, raw_root: str | None = None,
                              name: str | None = None, overwrite: bool = False, n_classes: int = 2,
-                             radius: tuple[float, float] = (3.0, 4.5), depth: int = 4) -> str:
+                             radius: tuple[float, float] = (3.0, 4.5), depth: int = 4,
+                             one_label: bool = False) -> str:
     """Write ``Dataset{ID}_{name}`` (default ``ThickTrees3D``, or ``ThinTrees3D`` when ``radius[1] < 2.5``) in
     nnU-Net raw format with ``spacing`` in the images; returns its folder.
 
-    Labels: background 0, ``tree_k`` k. Case i is ``thick_tree_case(shape, seed * 100003 + i, ...)``. Every
+    Labels: background 0, ``tree_k`` k; with ``one_label`` every tree is ``vessel`` 1 (the same images and trees:
+    a control in which no class has to be told apart). Case i is ``thick_tree_case(shape, seed * 100003 + i,
+    ...)``. Every
     argument is checked before anything is written; an existing dataset id raises UserInputError unless
     ``overwrite``, which replaces exactly that dataset's folder(s).
     """
@@ -275,9 +278,13 @@ def write_thick_tree_dataset(dataset_id: int, n_train: int = 10, n_test: int = 4
         make_case_folders(folder)
         for i in range(n_train + n_test):
             image, label = thick_tree_case(shape, seed * 100003 + i, n_classes, radius, spacing, depth)
+            if one_label:
+                label = (label > 0).astype(label.dtype)
             write_case(folder, "Tr" if i < n_train else "Ts", f"tree_{i:04d}", image, label, spacing)
-        write_dataset_json(folder, {"background": 0, **{f"tree_{k}": k for k in range(1, n_classes + 1)}},
+        labels = ({"vessel": 1} if one_label else {f"tree_{k}": k for k in range(1, n_classes + 1)})
+        write_dataset_json(folder, {"background": 0, **labels},
                            n_train, name, f"nnunet-ext synthetic branching vessel trees, radius {radius} mm, "
-                           f"spacing {list(spacing)}, depth {depth}, seed={seed}")
+                           f"spacing {list(spacing)}, depth {depth}, seed={seed}"
+                           + (", every tree one label" if one_label else ""))
 
     return write_raw_dataset(raw_root, dataset_id, name, overwrite, fill)
