@@ -95,9 +95,9 @@ def tree_class_metrics(reference: np.ndarray, prediction: np.ndarray, label: int
             "B0_difference": n_pred - n_ref}
 
 
-def foreground_merges(reference: np.ndarray, prediction: np.ndarray) -> int:
-    """Components of the binary prediction overlapping the references of two or more classes."""
-    components, count = _components(prediction > 0)
+def foreground_merges(reference: np.ndarray, components: np.ndarray, count: int) -> int:
+    """Components of the binary prediction (``components``, ``count`` from :func:`_components` of prediction > 0)
+    overlapping the references of two or more classes."""
     inside = (components > 0) & (reference > 0)
     pairs = np.unique(components[inside].astype(np.int64) * (int(reference.max()) + 1) + reference[inside])
     classes_per_component = np.bincount(pairs // (int(reference.max()) + 1), minlength=count + 1)
@@ -115,9 +115,10 @@ def class_swapped(reference: np.ndarray, prediction: np.ndarray) -> float:
 def tree_case_metrics(reference: np.ndarray, prediction: np.ndarray, labels: Sequence[int]) -> dict:
     """{"per_label": {label: class metrics}, "Fg_merged": int, "Fg_betti0_error": int, "Class_swapped": float}
     of one case."""
+    vessels, n_vessels = _components(prediction > 0)
     return {"per_label": {int(label): tree_class_metrics(reference, prediction, int(label)) for label in labels},
-            "Fg_merged": foreground_merges(reference, prediction),
-            "Fg_betti0_error": abs(_components(prediction > 0)[1] - _components(reference > 0)[1]),
+            "Fg_merged": foreground_merges(reference, vessels, n_vessels),
+            "Fg_betti0_error": abs(n_vessels - _components(reference > 0)[1]),
             "Class_swapped": class_swapped(reference, prediction)}
 
 

@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="generated data and its trainers and metrics: " + "; ".join(
                             f"{k.name}: {k.summary}" for k in KINDS.values()) + " (default tubes)")
     parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
-                        help="only these variants of the kind (trees: thin thick thick1, the thick trees "
-                             "with one label for both; default: trees thin thick)")
+                        help="only these variants of the kind (" + "; ".join(
+                            f"{k.name}: " + " ".join(v.key + ("" if v.default else f" ({v.label}; only when named)")
+                                                     for v in k.variants)
+                            for k in KINDS.values() if any(v.key for v in k.variants)) + "; default: all the others)")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="cpu (default) or gpu")
     parser.add_argument("--dataset", type=int, action="append", default=None, metavar="ID",
                         help="your nnU-Net raw dataset ID (repeatable) instead of the generated ones")
@@ -441,9 +443,8 @@ def run_one(dataset: Dataset, base_trainer: str, budget: Budget, env: dict[str, 
     metrics = kind_metrics(kind, summary)
     analysis_file = None
     if kind.analysis:
-        analysis_file = folder / "analysis.json"
-        analysis = runs.analyse(kind.analysis, reference, prediction, analysis_file, env, folder / "analysis.log")
-        metrics.update(analysis["foreground_mean"])
+        analysis_file, means = _analyse(kind, reference, prediction, folder, env)
+        metrics.update(means)
     epochs = runs.epoch_times(fold)
     result = {"config": config, "dataset": dataset.label, "dataset_name": dataset.name, "seed": dataset.seed,
               "trainer": trainer, "kind": dataset.kind, "metrics": metrics,
@@ -461,17 +462,21 @@ def run_one(dataset: Dataset, base_trainer: str, budget: Budget, env: dict[str, 
     return result
 
 
+def _analyse(kind: Kind, reference: Path, prediction: Path, folder: Path, env: dict[str, str]) -> tuple[Path, dict]:
+    """(analysis file, foreground means) of the kind's per-structure analysis of a run's predictions."""
+    analysis_file = folder / "analysis.json"
+    analysis = runs.analyse(kind.analysis, reference, prediction, analysis_file, env, folder / "analysis.log")
+    return analysis_file, analysis["foreground_mean"]
+
+
 def _reanalysed(stored: dict, kind: Kind, folder: Path, env: dict[str, str]) -> dict:
     """A reused result with the kind's per-structure analysis run again on its kept predictions (seconds), so that
     measures added to the analysis reach earlier runs; the result unchanged where the predictions are gone."""
     prediction, reference = stored.get("prediction_folder"), stored.get("reference_folder")
     if not kind.analysis or not prediction or not reference or not Path(prediction).is_dir():
         return stored
-    analysis_file = folder / "analysis.json"
-    analysis = runs.analyse(kind.analysis, Path(reference), Path(prediction), analysis_file, env,
-                            folder / "analysis.log")
-    stored = {**stored, "metrics": {**stored["metrics"], **analysis["foreground_mean"]},
-              "analysis_file": str(analysis_file)}
+    analysis_file, means = _analyse(kind, Path(reference), Path(prediction), folder, env)
+    stored = {**stored, "metrics": {**stored["metrics"], **means}, "analysis_file": str(analysis_file)}
     (folder / "result.json").write_text(json.dumps(stored, indent=2))
     return stored
 
